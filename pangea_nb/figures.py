@@ -49,7 +49,10 @@ def plot_proportion_vs_score(df:pd.DataFrame, ax=None, title:str | None = None, 
         if {'lo', 'hi'} <= set(g.columns):
             ax.errorbar(100 * g.proportion, g.value, yerr=[g.value - g.lo, g.hi - g.value], fmt='none',
                         ecolor=LEVEL_COLOURS.get(lvl, 'k'), alpha=0.5, label='_err')
-        for _, r in g.iterrows(): ax.annotate(r.lang, (100 * r.proportion, r.value), fontsize=8, xytext=(3, 3), textcoords='offset points')
+        for lang, gl in g.sort_values('proportion').groupby('lang'):
+            if len(gl) > 1: ax.plot(100 * gl.proportion, gl.value, color=LEVEL_COLOURS.get(lvl, 'k'), alpha=0.4, lw=1, label='_line')
+            r = gl.iloc[-1]                                   # label each language once, at its largest share
+            ax.annotate(lang, (100 * r.proportion, r.value), fontsize=8, xytext=(3, 3), textcoords='offset points')
     ax.set_xscale('log'); ax.set_xlabel('share of training samples (%, log scale)'); ax.set_ylabel(ylabel)
     if title: ax.set_title(title)
     ax.legend(loc='best')

@@ -16,8 +16,8 @@ from .runner import sweep_dir
 from ..figures import plot_english_ratio, plot_proportion_vs_score, plot_lang_task_heatmap
 
 # %% auto #0
-__all__ = ['METRIC_LABEL', 'proportions', 'english_ratio_figure', 'facet_keys', 'sensitivity_figure', 'report_sweep',
-           'sweep_report_cmd']
+__all__ = ['METRIC_LABEL', 'proportions', 'english_ratio_figure', 'facet_keys', 'sensitivity_figure', 'per_metric',
+           'report_sweep', 'sweep_report_cmd']
 
 # %% ../../nbs/54_report.ipynb #132ddd96
 METRIC_LABEL = {'exact_match': 'exact match (generated answer)', 'loglik_accuracy': 'likelihood accuracy (best option)',
@@ -65,6 +65,10 @@ def sensitivity_figure(df:pd.DataFrame, facets:list[str], metric:str = 'exact_ma
     return fig, s
 
 # %% ../../nbs/54_report.ipynb #139d0e0f
+def per_metric(df:pd.DataFrame) -> str:
+    "The metric the per-language figures show: exact match of generated answers where present, else the first one."
+    return next((m for m in ('exact_match', 'accuracy') if m in set(df.metric)), df.metric.iloc[0])
+
 def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = None) -> dict:
     "Gather a sweep, write `results.csv/.parquet` and `summary.csv` beside its runs, and its figures into `out_dir`."
     if isinstance(spec, (str, Path)) and Path(spec).is_file(): spec = SweepConfig.load(spec)
@@ -87,13 +91,15 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
         out['english_ratio'] = s
     props = proportions(root)
     if len(props):
-        per = df[df.metric.isin(['exact_match', 'accuracy'])].merge(props, on=['run_dir', 'lang'])
-        per = per[per.lang != 'en'].groupby('lang', as_index=False).agg(proportion=('proportion', 'mean'), value=('value', 'mean'))
+        per = df[df.metric == per_metric(df)].merge(props, on=['run_dir', 'lang'])
+        per = per[(per.lang != 'en') & (per.proportion > 0)].assign(proportion=lambda d: d.proportion.round(4))
+        per = summarise(per, ['lang', 'proportion']).rename(columns={'mean': 'value'})   # mean and CI over seeds
         if len(per):
             fig, ax = new_figure(figsize=(6, 4))
-            plot_proportion_vs_score(per, ax=ax, title='training share vs score per language (mean over runs)')
+            plot_proportion_vs_score(per, ax=ax, title='training share vs score per language (mean over the runs at each share)',
+                                     ylabel=f'{per_metric(df)} (%)')
             out['figures']['proportion'] = save_fig(fig, f'{name}_proportion_vs_score', data=per, out_dir=out_dir)
-    hm = df[df.metric == df.metric.iloc[0]]
+    hm = df[df.metric == per_metric(df)]
     fig, ax = new_figure()
     plot_lang_task_heatmap(hm, ax=ax, title=f'{hm.metric.iloc[0]}, mean over runs')
     out['figures']['heatmap'] = save_fig(fig, f'{name}_lang_task', data=hm.groupby(['lang', 'task'], as_index=False).value.mean(), out_dir=out_dir)
