@@ -13,20 +13,34 @@ from ..contracts import atomic_write_json, atomic_write_text
 from .runner import RunPlan, RunFailed, expand_grid, execute_run, sweep_dir, thread_env
 
 # %% auto #0
-__all__ = ['SLURM_KEYS', 'run_progress', 'write_progress', 'default_threads', 'run_sweep', 'measured_seconds', 'plan_table',
-           'format_plan', 'slurm_script', 'write_slurm', 'sweep_cmd']
+__all__ = ['SLURM_KEYS', 'last_step', 'run_progress', 'write_progress', 'default_threads', 'run_sweep', 'measured_seconds',
+           'plan_table', 'format_plan', 'slurm_script', 'write_slurm', 'sweep_cmd']
 
 # %% ../../nbs/51_sweep_run.ipynb #157e5ee1
+def last_step(log:Path, tail:int = 4096) -> int | None:
+    "`step` of the last complete JSON line of a log (reads only its tail; None when there is none yet)."
+    try:
+        with open(log, 'rb') as f:
+            f.seek(0, os.SEEK_END); f.seek(max(0, f.tell() - tail))
+            lines = f.read().split(b'\n')
+    except OSError: return None
+    for line in reversed(lines):
+        try: return int(json.loads(line)['step'])
+        except (ValueError, KeyError, TypeError): continue    # a torn last line, a partial first one, no step
+    return None
+
 def run_progress(plan:RunPlan) -> str:
     "One-line progress of an active run from its `progress.json` (or just its id)."
     try: p = json.loads((plan.out_dir/'progress.json').read_text())
     except (FileNotFoundError, json.JSONDecodeError): return plan.run_id
-    if p.get('total'): return f"{plan.run_id}: {p.get('stage', '')} {p.get('step', 0)}/{p['total']}"
+    step = p.get('step', 0)
+    if p.get('log'): step = last_step(plan.out_dir/p['log']) or step
+    if p.get('total'): return f"{plan.run_id}: {p.get('stage', '')} {step}/{p['total']}"
     return f"{plan.run_id}: {p.get('stage', '')}"
 
-def write_progress(out_dir, stage:str, step:int = 0, total:int = 0):
-    "Called by a template to report its progress (atomic, cheap enough to call every few steps)."
-    atomic_write_json(Path(out_dir)/'progress.json', {'stage': stage, 'step': step, 'total': total, 'time': time.time()})
+def write_progress(out_dir, stage:str, step:int = 0, total:int = 0, log:str | None = None):
+    "Called by a template to report its progress (atomic, cheap enough to call every few steps); `log`: a JSONL file, relative to `out_dir`, whose last `step` is the current one."
+    atomic_write_json(Path(out_dir)/'progress.json', {'stage': stage, 'step': step, 'total': total, 'log': log, 'time': time.time()})
 
 # %% ../../nbs/51_sweep_run.ipynb #20f3e953
 def default_threads(jobs:int) -> int:
