@@ -15,7 +15,7 @@ from .tasks import Task, EvalItem, make_id, register_task, LETTERS
 from .metrics import normalise_text
 from .release import read_rows, embedded_image, image_cache, lang_code, language_roots
 from .vqa_tasks import LetterChoiceTask, MC_POST
-from .text_tasks import need
+from .text_tasks import need, read_jsonl_records
 
 # %% auto #0
 __all__ = ['YES', 'NO', 'MME_PERCEPTION', 'MME_COGNITION', 'POPE_SPLITS', 'parse_yes_no', 'mmbench_lang', 'MMBench', 'ScienceQA',
@@ -180,13 +180,6 @@ class MME(Task):
 # %% ../../nbs/4g_eval_en_tasks.ipynb #db1bda76
 POPE_SPLITS = ('random', 'popular', 'adversarial')
 
-def _jsonl_rows(path):
-    "POPE's files are JSON lines despite the .json name."
-    with open(path, encoding='utf-8') as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip(): continue
-            try: yield n, json.loads(line)
-            except json.JSONDecodeError as e: raise ValueError(f'{path}: line {n}: not valid JSON ({e.msg})') from None
 
 @register_task
 class POPE(Task):
@@ -208,7 +201,7 @@ class POPE(Task):
         for lang, base in language_roots(root, lambda p: bool(self._files(p, split))):
             for path in self._files(base, split):
                 setting = path.stem.rsplit('_', 1)[1]
-                for n, r in _jsonl_rows(path):
+                for n, r in read_jsonl_records(path):         # JSON lines despite the .json name
                     where = f'{path}: line {n}'
                     label = str(need(r, 'label', where)).strip().lower()
                     if label not in ('yes', 'no'): raise ValueError(f'{where}: field label: {label!r} is not yes/no')
