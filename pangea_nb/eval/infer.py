@@ -7,6 +7,7 @@ Docs: https://pangea-nb.github.io/pangea_nb/eval_infer.html.md"""
 # %% ../../nbs/44_eval_infer.ipynb #76cf676c
 from __future__ import annotations
 import json, time
+import jinja2
 from pathlib import Path
 from typing import Sequence
 
@@ -24,12 +25,16 @@ IMAGE = '<image>'
 def chat_prompt(processor, text:str, system:str | None = None) -> str:
     "`text` as one user turn in the processor's chat template (image parts where `<image>` stands), or as is."
     if not getattr(processor, 'chat_template', None): return text
+    head = [{'role': 'system', 'content': system}] if system else []
+    try:                                    # the template passes string content through: the prompt as training renders it
+        p = processor.apply_chat_template(head + [{'role': 'user', 'content': text}], add_generation_prompt=True, tokenize=False)
+        if text in p: return p
+    except (TypeError, ValueError, KeyError, jinja2.TemplateError): pass    # a template that only takes content parts
     parts = []
     for i, chunk in enumerate(text.split(IMAGE)):
         if i: parts.append({'type': 'image'})
         if chunk.strip(): parts.append({'type': 'text', 'text': chunk.strip('\n')})
-    msgs = ([{'role': 'system', 'content': system}] if system else []) + [{'role': 'user', 'content': parts}]
-    return processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return processor.apply_chat_template(head + [{'role': 'user', 'content': parts}], add_generation_prompt=True, tokenize=False)
 
 def load_images(paths) -> list:
     "Open image files as RGB, naming the file on failure."

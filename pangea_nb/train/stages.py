@@ -164,21 +164,17 @@ def run_stages(cfg:RunConfig, out=None, progress:bool = True) -> Path:
 @torch.no_grad()
 def generate_answers(model, processor, samples:list[Sample], images=None, batch_size:int = 64, max_new_tokens:int = 16,
                      progress:bool = False) -> list[str]:
-    "Greedy replies to each sample's prompt (its turns before the last assistant reply)."
+    "Greedy replies to single-turn samples (their user turn as the prompt), `images(sample, i)` loading their images."
     from tqdm.auto import tqdm
-    from pangea_nb.model.collate import sample_messages
-    tok = processor.tokenizer; side, tok.padding_side = tok.padding_side, 'left'
-    model.eval(); out = []
-    try:
-        for i in tqdm(range(0, len(samples), batch_size), disable=not progress, desc='generate'):
-            chunk = samples[i:i + batch_size]
-            texts = [tok.apply_chat_template(sample_messages(s)[:-1], add_generation_prompt=True, tokenize=False) for s in chunk]
-            imgs = [images(s, j) for s in chunk for j in range(len(s.images))]
-            enc = processor(text=texts, images=imgs or None, return_tensors='pt', padding=True)
-            gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                                 eos_token_id=tok.eos_token_id)
-            out += tok.batch_decode(gen[:, enc['input_ids'].shape[1]:], skip_special_tokens=True)
-    finally: tok.padding_side = side
+    from pangea_nb.eval.infer import Predictor
+    for s in samples:
+        if len(s.turns) != 2 or s.turns[0].role != 'user':
+            raise ValueError(f'sample {s.id}: field turns: generate_answers takes single-turn samples (user, assistant), got {len(s.turns)} turns')
+    pred, out = Predictor(model, processor), []
+    for i in tqdm(range(0, len(samples), batch_size), disable=not progress, desc='generate'):
+        chunk = samples[i:i + batch_size]
+        out += pred.generate([s.turns[0].text for s in chunk], [[images(s, j) for j in range(len(s.images))] for s in chunk],
+                             max_new_tokens=max_new_tokens)
     return out
 
 # %% ../../nbs/32_stages.ipynb #1022b13f
