@@ -51,6 +51,35 @@ def test_torchrun_deepspeed_zero2_two_processes(tmp_path, tiny_checkpoint):
     assert losses(out) == first                                      # steps 4-6 redone bit for bit
     assert json.loads((out/'done.json').read_text())['param_digests'] == done['param_digests']
 
+@pytest.mark.slow
+def test_torchrun_deepspeed_zero3_matches_zero2_and_resumes(tmp_path, tiny_checkpoint):
+    """ZeRO-3 (parameters partitioned across the 2 ranks) trains the same model as ZeRO-2: same losses and, once its
+    shards are consolidated, the same weights up to float rounding; a resume from its step-3 checkpoint redoes 4-6."""
+    import shutil
+    from pangea_nb.model.build import load_pretrained
+    runs = {}
+    for z in (3, 2):
+        (tmp_path/f'z{z}').mkdir()
+        path, _ = run_config(tmp_path/f'z{z}', zero_stage=z, save_every=3, grad_accum=2)
+        pangea('train', path, '--nproc', 2, '--no-progress')
+        runs[z] = (path, tmp_path/f'z{z}'/'out')
+    (_, o3), (_, o2) = runs[3], runs[2]
+    done = json.loads((o3/'done.json').read_text())
+    assert done['world_size'] == 2 and done['step'] == 6 and done['param_digests'] == []   # ZeRO-3 ranks hold shards only
+    l3, l2 = losses(o3), losses(o2)
+    assert [s for s, _, _ in l3] == list(range(1, 7))
+    assert all(abs(a[1] - b[1]) <= 1e-5 * abs(b[1]) and abs(a[2] - b[2]) <= 1e-4 * abs(b[2]) for a, b in zip(l3, l2)), (l3, l2)
+    m3, _ = load_pretrained(o3); m2, _ = load_pretrained(o2)             # the ZeRO-3 model is consolidated from its shards
+    p3, p2 = dict(m3.named_parameters()), dict(m2.named_parameters())
+    assert p3.keys() == p2.keys()
+    assert max((p3[k] - p2[k]).abs().max().item() for k in p3) < 1e-4
+    for p in ('done.json', 'model'): shutil.rmtree(o3/p) if (o3/p).is_dir() else (o3/p).unlink()
+    shutil.rmtree(o3/'checkpoints'/'final')
+    assert sorted(p.name for p in (o3/'checkpoints').iterdir()) == ['step-0000003']
+    pangea('train', runs[3][0], '--nproc', 2, '--no-progress')
+    again = losses(o3)
+    assert again[:3] == l3[:3] and all(abs(a[1] - b[1]) <= 1e-6 * abs(b[1]) for a, b in zip(again, l3)), (again, l3)
+
 # ---------------------------------------------------------------- SIGKILL + resume
 
 @pytest.mark.slow
