@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .tasks import Task, EvalItem, make_id, register_task
 from .caption_metrics import caption_scores, caption_tokenizer
-from .release import card_splits, read_rows, embedded_image, image_cache, lang_code
+from .release import card_splits, card_rows, read_rows, embedded_image, image_cache, lang_code
 from .text_tasks import need
 from ..languages import lang_name
 
@@ -73,18 +73,14 @@ class XM100(CaptionTask):
 
     def load(self, root, split):
         cache = image_cache(self.name)
-        for key, files in card_splits(root).items():
-            lang = lang_code(key.split('/')[0], root)
-            for path in files:
-                for n, r in read_rows(path):
-                    where = f'{path}: row {n}'
-                    caps = r.get('captions') if r.get('captions') is not None else r.get('caption')
-                    caps = [caps] if isinstance(caps, str) else [c for c in (caps or []) if str(c).strip()]
-                    if not caps: raise ValueError(f'{where}: no reference captions')
-                    img = str(need(r, 'image_id', where))
-                    ip = embedded_image(r.get('image'), cache, where)
-                    yield EvalItem(make_id(lang, split, img), lang, split, '', caps[0], answers=caps, images=[ip.name if ip else f'{img}.jpg'],
-                                   image_paths=[ip] if ip else None, meta={'locale': r.get('image_locale'), 'source': str(path)})
+        for lang, path, where, r in card_rows(root):
+            caps = r.get('captions') if r.get('captions') is not None else r.get('caption')
+            caps = [caps] if isinstance(caps, str) else [c for c in (caps or []) if str(c).strip()]
+            if not caps: raise ValueError(f'{where}: no reference captions')
+            img = str(need(r, 'image_id', where))
+            ip = embedded_image(r.get('image'), cache, where)
+            yield EvalItem(make_id(lang, split, img), lang, split, '', caps[0], answers=caps, images=[ip.name if ip else f'{img}.jpg'],
+                           image_paths=[ip] if ip else None, meta={'locale': r.get('image_locale'), 'source': str(path)})
     def image_candidates(self, item, name): return [name, f'images/{name}']
 
 # %% ../../nbs/4f_eval_caption_tasks.ipynb #96b86dcf

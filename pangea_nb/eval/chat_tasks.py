@@ -12,7 +12,7 @@ from pathlib import Path
 from ..contracts import safe_join, UnsafePathError
 from .tasks import EvalItem, make_id, register_task
 from .judge import JudgeTask, rubric_prompt, llava_prompt
-from .release import card_splits, read_rows, embedded_image, image_cache, lang_code
+from .release import card_splits, card_rows, read_rows, embedded_image, image_cache, lang_code
 from .text_tasks import need
 
 # %% auto #0
@@ -112,15 +112,11 @@ class MLLaVABench(JudgeTask):
 
     def _parquet(self, root, split):
         cache = image_cache(self.name)
-        for key, files in card_splits(root).items():
-            lang = lang_code(key.split('/')[0], root)
-            for path in files:
-                for n, r in read_rows(path):
-                    where = f'{path}: row {n}'
-                    ip = embedded_image(need(r, 'image', where), cache, where)
-                    if ip is None: raise ValueError(f'{where}: field image holds no image bytes')
-                    yield EvalItem(make_id(lang, split, need(r, 'question_id', where)), lang, split, need(r, 'question', where),
-                                   need(r, 'gpt_answer', where), images=[str(r.get('image_id') or ip.name)], image_paths=[ip],
-                                   meta={'category': r.get('category'), 'caption': need(r, 'caption', where), 'source': str(path)})
+        for lang, path, where, r in card_rows(root):
+            ip = embedded_image(need(r, 'image', where), cache, where)
+            if ip is None: raise ValueError(f'{where}: field image holds no image bytes')
+            yield EvalItem(make_id(lang, split, need(r, 'question_id', where)), lang, split, need(r, 'question', where),
+                           need(r, 'gpt_answer', where), images=[str(r.get('image_id') or ip.name)], image_paths=[ip],
+                           meta={'category': r.get('category'), 'caption': need(r, 'caption', where), 'source': str(path)})
 
     def judge_prompt(self, item, response): return llava_prompt(item.meta['caption'], item.question, item.answer, response)

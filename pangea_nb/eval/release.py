@@ -17,7 +17,7 @@ from ..languages import normalise_lang, base_lang, UnknownLanguageError
 
 # %% auto #0
 __all__ = ['MAX_IMAGE_BYTES', 'card_yaml', 'card_splits', 'read_rows', 'image_cache', 'embedded_image', 'lang_code',
-           'language_roots']
+           'language_roots', 'card_rows']
 
 # %% ../../nbs/4b_eval_release.ipynb #dfbd43db
 def card_yaml(root:Path) -> dict:
@@ -124,3 +124,12 @@ def language_roots(root, has_layout, default:str = 'en') -> list[tuple[str, Path
         except ValueError: continue
         if has_layout(sub): out.append((lang, sub))
     return out
+
+# %% ../../nbs/4b_eval_release.ipynb #4e57361a
+def card_rows(root, lang_of=lambda key: key.split('/')[0], skip=lambda key: False) -> Iterator[tuple[str, Path, str, dict]]:
+    "(language, file, 'file: row n', row) of every row of every config of a dataset-card release."
+    for key, files in card_splits(root).items():
+        if skip(key): continue
+        lang = lang_code(lang_of(key), root)
+        for path in files:
+            for n, r in read_rows(path): yield lang, path, f'{path}: row {n}', r

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..contracts import safe_join, UnsafePathError
 from .tasks import Task, EvalItem, make_id, register_task, parse_choice, LETTERS
 from .metrics import exact_match, relaxed_match, normalise_text, to_ascii_digits, number_match, extract_number
-from .release import card_splits, read_rows, embedded_image, image_cache, lang_code
+from .release import card_splits, card_rows, read_rows, embedded_image, image_cache, lang_code
 from .text_tasks import need
 
 # %% auto #0
@@ -133,15 +133,11 @@ class MaXM(Task):
 
     def _parquet(self, root, split):
         cache = image_cache(self.name)
-        for key, files in card_splits(root).items():
-            if key.startswith('yesno_'): continue                      # floschne/maxm's yes/no subsets are not MaXM's test set
-            lang = lang_code(key, root)
-            for path in files:
-                for n, r in read_rows(path):
-                    where = f'{path}: row {n}'
-                    ip = embedded_image(r.get('image'), cache, where)
-                    img = str(need(r, 'image_id', where))
-                    yield self._item(lang, split, r, where, images=[ip.name if ip else f'{img}.jpg'], paths=[ip] if ip else None, src=path)
+        # floschne/maxm's yes/no subsets are not MaXM's test set
+        for lang, path, where, r in card_rows(root, lang_of=lambda key: key, skip=lambda key: key.startswith('yesno_')):
+            ip = embedded_image(r.get('image'), cache, where)
+            img = str(need(r, 'image_id', where))
+            yield self._item(lang, split, r, where, images=[ip.name if ip else f'{img}.jpg'], paths=[ip] if ip else None, src=path)
 
     def parse(self, raw, item):
         s = str(raw or '').strip().split('\n')[0].strip()
@@ -166,20 +162,16 @@ class XMMMU(LetterChoiceTask):
 
     def load(self, root, split):
         cache = image_cache(self.name)
-        for key, files in card_splits(root).items():
-            lang = lang_code(key.split('_')[-1] if key.startswith('translated_') else key, root)
-            for path in files:
-                for n, r in read_rows(path):
-                    where = f'{path}: row {n}'
-                    ims = [p for k in range(1, 8) if r.get(f'image_{k}') is not None
-                           for p in [embedded_image(r[f'image_{k}'], cache, f'{where} image_{k}')] if p is not None]
-                    opts = parse_option_list(r.get('options') or '[]', where)
-                    ans = str(need(r, 'answer', where)).strip()
-                    if opts and r.get('question_type', 'multiple-choice') != 'open':
-                        if ans not in list(LETTERS[:len(opts)]): raise ValueError(f'{where}: field answer: {ans!r} is not one of {list(LETTERS[:len(opts)])}')
-                    else: opts = None
-                    yield EvalItem(make_id(lang, split, need(r, 'id', where)), lang, split, need(r, 'question', where), ans, options=opts,
-                                   images=[p.name for p in ims], image_paths=ims, meta={'subfield': r.get('subfield'), 'source': str(path)})
+        for lang, path, where, r in card_rows(root, lang_of=lambda key: key.split('_')[-1] if key.startswith('translated_') else key):
+            ims = [p for k in range(1, 8) if r.get(f'image_{k}') is not None
+                   for p in [embedded_image(r[f'image_{k}'], cache, f'{where} image_{k}')] if p is not None]
+            opts = parse_option_list(r.get('options') or '[]', where)
+            ans = str(need(r, 'answer', where)).strip()
+            if opts and r.get('question_type', 'multiple-choice') != 'open':
+                if ans not in list(LETTERS[:len(opts)]): raise ValueError(f'{where}: field answer: {ans!r} is not one of {list(LETTERS[:len(opts)])}')
+            else: opts = None
+            yield EvalItem(make_id(lang, split, need(r, 'id', where)), lang, split, need(r, 'question', where), ans, options=opts,
+                           images=[p.name for p in ims], image_paths=ims, meta={'subfield': r.get('subfield'), 'source': str(path)})
 
     def prompt(self, item):
         if item.options: return super().prompt(item)
