@@ -6,7 +6,7 @@ Docs: https://pangea-nb.github.io/pangea_nb/report.html.md"""
 
 # %% ../../nbs/54_report.ipynb #79a9f5ff
 from __future__ import annotations
-import json
+import json, math
 from pathlib import Path
 import pandas as pd
 from ..config import SweepConfig, figures_dir
@@ -55,11 +55,12 @@ def sensitivity_figure(df:pd.DataFrame, facets:list[str], metric:str = 'exact_ma
     d = df[df.metric == metric]
     s = summarise(en_mul(d), ['english_ratio', *facets, 'task', 'metric', 'lang'])
     combos = s[facets].drop_duplicates().sort_values(facets).to_dict('records')
-    cols = min(3, len(combos)); rows = -(-len(combos) // cols)
-    fig, axes = new_figure(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    cols = min(3, math.ceil(math.sqrt(len(combos)))); rows = -(-len(combos) // cols)
+    fig, axes = new_figure(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, sharey=True, layout='constrained')
     for ax, c in zip(axes.flat, combos):
         sel = s.loc[(s[facets] == pd.Series(c)).all(axis=1)]
-        plot_english_ratio(sel, ax=ax, title=', '.join(f'{k} {v}' for k, v in c.items()), ylabel=f'{metric} (%)')
+        plot_english_ratio(sel, ax=ax, ylabel=f'{metric} (%)')
+        ax.set_title(', '.join(f'{k} = {v}' for k, v in c.items()), fontsize=9)
     for ax in list(axes.flat)[len(combos):]: ax.set_visible(False)
     fig.suptitle(f'sensitivity of the English-ratio curve ({metric}; mean and 95% t-interval over seeds)', fontsize=10)
     return fig, s
@@ -82,7 +83,7 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
     if 'english_ratio' in df.columns and facets:
         fig, s = sensitivity_figure(df, facets)
         out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
-        out['figures']['sensitivity'] = save_fig(fig, f'{name}_sensitivity', data=s, out_dir=out_dir)
+        out['figures']['sensitivity'] = save_fig(fig, name if 'sensitivity' in name else f'{name}_sensitivity', data=s, out_dir=out_dir)
         out['sensitivity'] = s
     elif 'english_ratio' in df.columns:
         fig, s = english_ratio_figure(df)
