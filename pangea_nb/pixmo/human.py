@@ -14,7 +14,7 @@ from ..contracts import atomic_write_text, safe_join
 
 # %% auto #0
 __all__ = ['RATING_COLUMNS', 'VALID', 'gwet_ac1', 'cohen_kappa', 'fleiss_kappa', 'stratified_sample', 'export_sheet',
-           'read_sheets', 'agreement_report']
+           'read_sheets', 'agreement_report', 'regenerated_items', 'human_export_cli', 'human_agreement_cli']
 
 # %% ../../nbs/93_human_check.ipynb #a75a9d4c
 def _table(ratings:pd.DataFrame, item='item', rater='annotator', label='label') -> pd.DataFrame:
@@ -124,3 +124,48 @@ def agreement_report(long:pd.DataFrame, by_lang:bool = True) -> pd.DataFrame:
                         'gwet_ac1': gwet_ac1(c) if len(both) else float('nan'),
                         'cohen_kappa': cohen_kappa(c) if n_rat == 2 and len(both) else float('nan')})
     return pd.DataFrame(out)
+
+# %% ../../nbs/93_human_check.ipynb #d1bfc109
+def regenerated_items(run_dir, src_lang:str = 'en') -> pd.DataFrame:
+    "One row per kept non-source item of a regeneration run: id, lang, source, source_text, translation, image."
+    import json
+    run_dir = Path(run_dir)
+    files = sorted(run_dir.glob('*.jsonl'))
+    src = {}
+    if (run_dir/f'{src_lang}.jsonl').exists():
+        for l in (run_dir/f'{src_lang}.jsonl').read_text(encoding='utf-8').splitlines():
+            r = json.loads(l); src[r['id']] = r
+    rows = []
+    for f in files:
+        if f.stem in (src_lang, 'rejects', 'ledger'): continue
+        for l in f.read_text(encoding='utf-8').splitlines():
+            r = json.loads(l); s = src.get((r.get('provenance') or {}).get('source_item'))
+            if s is None: raise ValueError(f'{f}: item {r["id"]} names source item {(r.get("provenance") or {}).get("source_item")!r}, not in {src_lang}.jsonl')
+            text = lambda rec: '\n'.join(c['value'].replace('<image>', '').strip() for c in rec['conversations'])
+            rows.append({'id': r['id'], 'lang': r.get('language', f.stem), 'source': r.get('source', ''), 'source_text': text(s),
+                         'translation': text(r), 'image': r.get('image') if isinstance(r.get('image'), str) else None})
+    return pd.DataFrame(rows, columns=['id', 'lang', 'source', 'source_text', 'translation', 'image'])
+
+def human_export_cli(run:str,                 # a regeneration run folder (pangea pixmo regenerate --out)
+                     out:str = '',            # where the CSV and HTML sheets go
+                     per_stratum:int = 20,    # items per (language, source)
+                     seed:int = 0):
+    "Write a stratified sample of a regeneration run for annotators: human_check.csv and human_check.html."
+    if not out: raise ValueError('--out DIR is required')
+    items = regenerated_items(run)
+    if items.empty: raise ValueError(f'{run}: no kept non-English items to sample')
+    sample = stratified_sample(items, per_stratum, seed=seed)
+    paths = export_sheet(sample, out, image_root=run)
+    print(f'{len(sample)} items ({sample.groupby(["lang", "source"]).size().to_dict()}) -> {paths["csv"]}, {paths["html"]}')
+    return paths
+
+def human_agreement_cli(sheets:str,           # comma-separated filled annotator CSVs
+                        out:str = ''):        # optional CSV of the agreement table
+    "Gwet's AC1, Cohen's kappa and raw agreement per criterion and language from filled sheets."
+    paths = [s.strip() for s in sheets.split(',') if s.strip()]
+    for p in paths:
+        if not Path(p).exists(): raise FileNotFoundError(f'{p}: no such file')
+    rep = agreement_report(read_sheets(paths))
+    if out: atomic_write_text(out, rep.to_csv(index=False))
+    print(rep.round(3).to_string(index=False))
+    return rep

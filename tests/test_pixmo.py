@@ -1,0 +1,206 @@
+"""Multi-PixMo end to end: regeneration-translation and benchmark translation with tiny transformers models and against
+a real `pangea serve` process, option alignment over every translated item, the CLI (resume), and the ablation recipe
+through `pangea sweep` with smoke parameters."""
+import json, os, signal, subprocess, sys, threading, time
+from collections import Counter
+from pathlib import Path
+import pytest, yaml
+from conftest import ROOT, BIN
+
+TASKS = ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')
+
+
+def env1():
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _threads():
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+
+
+@pytest.fixture(scope='module')
+def models(tmp_path_factory):
+    from pangea_nb.stages.local import build_tiny_mt, build_tiny_llava
+    d = tmp_path_factory.mktemp('pixmo_models')
+    return {'nllb': build_tiny_mt(d/'nllb', 'nllb', langs=('en', 'es', 'fr', 'de', 'it')), 'llava': build_tiny_llava(d/'llava')}
+
+
+@pytest.fixture(scope='module')
+def world(tmp_path_factory):
+    "A small level-1 world: English training scenes for the sources, test scenes for the benchmarks."
+    from pangea_nb.data.synth import write_world, WorldConfig
+    d = tmp_path_factory.mktemp('pixmo_world')
+    write_world(d, WorldConfig(n_train=60, n_test=60, langs=['en'], families={'caption': 1, 'vqa': 2, 'count': 1, 'mcq': 1, 'ocr': 1}), progress=False)
+    return d
+
+
+@pytest.fixture(scope='module')
+def bench(world, tmp_path_factory):
+    from pangea_nb.pixmo.bench import write_synthetic_benchmarks
+    d = tmp_path_factory.mktemp('pixmo_bench')
+    return write_synthetic_benchmarks(world, d, langs=['es', 'ru'], n=12)
+
+
+def lines(p): return [json.loads(l) for l in Path(p).read_text(encoding='utf-8').splitlines() if l.strip()]
+
+
+def check_report(rep, out):
+    "Counts add up; every reject names its reasons; every kept record names its source item and method."
+    assert rep['in'] == rep['kept'] + rep['rejected'] > 0
+    rej = lines(out/'rejects.jsonl') if (out/'rejects.jsonl').exists() else []
+    assert len(rej) == rep['rejected'] and all(r['reasons'] for r in rej)
+    kept = [r for f in out.glob('*.jsonl') if f.stem not in ('rejects', 'ledger') for r in lines(f)]
+    assert len(kept) == rep['kept']
+    assert all(r['provenance']['source_item'] and r['provenance']['method'] in ('source', 'translate', 'regenerate') for r in kept)
+    return kept, rej
+
+
+# ---- the synthetic world: every benchmark translated, option alignment over every item ---------------------------
+
+def test_synthetic_benchmarks_translated_and_aligned(bench):
+    from pangea_nb.pixmo.bench import translate_bench, check_alignment
+    from pangea_nb.eval.tasks import get_task, select_items
+    for t in TASKS:
+        d = bench['tasks'][t]
+        rep = translate_bench(t, d, ['es', 'ru'], d, error_rate=0.2, seed=1, progress=False)
+        al = check_alignment(t, d, d, ['es', 'ru'])
+        assert al['problems'] == [], (t, al['problems'][:3])
+        for l in ('es', 'ru'):
+            assert al['by_lang'][l] == rep['languages'][l]['kept'] > 0          # every translated item was checked
+            items = select_items(get_task(t), d, langs=[l])
+            assert len(items) == al['by_lang'][l] and all(i.lang == l for i in items)
+        if t == 'pope':                                                          # balance: same yes/no counts as the source
+            for l in ('es', 'ru'):
+                c = Counter(i.answer for i in select_items(get_task(t), d, langs=[l]))
+                assert c['yes'] == c['no']
+        if t == 'mme':                                                           # an image keeps both or none of its questions
+            for l in ('es', 'ru'):
+                per = Counter(i.meta['image'] for i in select_items(get_task(t), d, langs=[l]))
+                assert set(per.values()) == {2}
+
+
+# ---- tiny transformers models ------------------------------------------------------------------------------------
+
+def test_regenerate_with_tiny_transformers_models(models, world, tmp_path):
+    "A random-weight NLLB (translate) and a random-weight LLaVA (regenerate from the image): QC rejects their garbage, by reason."
+    from pangea_nb.pixmo.regenerate import RegenerateConfig, regenerate
+    base = dict(synthetic_world=str(world), targets=['en', 'es', 'fr'], limit=8, batch_size=8, max_new_tokens=24)
+    rep = regenerate(RegenerateConfig(**base, backend=f"hf-mt:{models['nllb']}"), tmp_path/'mt', progress=False)
+    kept, rej = check_report(rep, tmp_path/'mt')
+    assert rep['by_language']['en']['kept'] == rep['by_language']['en']['in']   # the sources themselves
+    assert rep['by_language']['es']['in'] == rep['by_language']['en']['in']
+    assert {r for x in rej for r in x['reasons']} <= {'wrong_language', 'repetition', 'length_ratio', 'empty', 'placeholders', 'numbers',
+                                                       'untranslated', 'untranslated_words', 'backend_error', 'in_image_text', 'backtranslation'}
+    assert rep['backend']['backend'] == 'hf-mt'
+    rep = regenerate(RegenerateConfig(**base, method='regenerate', backend=f"hf-llava:{models['llava']}", backtranslate=False), tmp_path/'vlm', progress=False)
+    kept, rej = check_report(rep, tmp_path/'vlm')
+    assert rep['by_language']['es']['rejected'] == rep['by_language']['es']['in']   # random weights: nothing passes
+    assert rep['backend']['backend'] == 'hf-llava'
+
+
+def test_translate_bench_with_tiny_mt(models, bench, tmp_path):
+    from pangea_nb.pixmo.bench import translate_bench, check_alignment
+    d = bench['tasks']['mmbench']
+    rep = translate_bench('mmbench', d, ['es'], tmp_path/'mm', backend=f"hf-mt:{models['nllb']}", progress=False)
+    r = rep['languages']['es']
+    assert r['kept'] + r['rejected_qc'] + r['dropped_with_group'] == rep['items'] and r['by_reason']
+    assert (tmp_path/'mm'/'MMBench_DEV_EN.tsv').exists() and (tmp_path/'mm'/'es'/'MMBench_DEV_ES.tsv').exists()
+    assert check_alignment('mmbench', tmp_path/'mm', tmp_path/'mm', ['es'])['problems'] == []
+    assert len(lines(tmp_path/'mm'/'es'/'mmbench_rejects.jsonl')) == rep['items'] - r['kept']
+
+
+# ---- a real `pangea serve` process -------------------------------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def served(models):
+    "`pangea serve` of a tiny random-weight LLaVA, as a separate process."
+    p = subprocess.Popen([str(BIN/'pangea'), 'serve', '--model', str(models['llava']), '--port', '0', '--batch-size', '8'],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env1())
+    url, t0, seen = None, time.time(), []
+    while time.time() - t0 < 120:
+        line = p.stdout.readline()
+        if not line and p.poll() is not None: break
+        seen.append(line)
+        if line.startswith('pangea serve:'): url = line.rsplit(' at ', 1)[1].strip(); break
+    if url is None:
+        p.kill(); pytest.fail('pangea serve did not start:\n' + ''.join(seen[-20:]))
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
+    yield url
+    p.send_signal(signal.SIGINT)
+    try: p.wait(10)
+    except subprocess.TimeoutExpired: p.kill()
+
+
+def test_against_pangea_serve(served, world, bench, tmp_path):
+    "Both methods and a benchmark translation over HTTP; the CLI resumes a finished run without a model call."
+    cfg = {'synthetic_world': str(world), 'targets': ['en', 'es'], 'limit': 4, 'batch_size': 8, 'max_new_tokens': 16, 'backend': served}
+    (tmp_path/'regen.yaml').write_text(yaml.safe_dump({**cfg, 'method': 'regenerate'}))
+    r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'regenerate', str(tmp_path/'regen.yaml'), '--out', str(tmp_path/'vlm'), '--json'],
+                       capture_output=True, text=True, env=env1(), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path/'vlm'/'report.json').read_text())
+    check_report(rep, tmp_path/'vlm')
+    assert rep['backend']['endpoints'] == [served] and rep['method'] == 'regenerate'
+    r2 = subprocess.run([str(BIN/'pangea'), 'pixmo', 'regenerate', str(tmp_path/'regen.yaml'), '--out', str(tmp_path/'vlm'), '--json'],
+                        capture_output=True, text=True, env=env1(), timeout=600)
+    assert r2.returncode == 0 and json.loads((tmp_path/'vlm'/'report.json').read_text())['run'].get('done', 0) == 0   # resumed: nothing redone
+    from pangea_nb.pixmo.regenerate import RegenerateConfig, regenerate
+    rep = regenerate(RegenerateConfig(**cfg), tmp_path/'chat', progress=False)         # translation through the chat prompt
+    check_report(rep, tmp_path/'chat')
+    r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'translate-bench', '--task', 'pope', '--data', str(bench['tasks']['pope']), '--to', 'es',
+                        '--out', str(tmp_path/'pope'), '--backend', served], capture_output=True, text=True, env=env1(), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert 'alignment:' in r.stdout and (tmp_path/'pope'/'es'/'pope_provenance.jsonl').exists()
+    rep = json.loads((tmp_path/'pope'/'pope_translate_report.json').read_text())
+    assert rep['backend']['endpoints'] == [served]
+
+
+def test_cli_errors_name_the_problem(world, tmp_path):
+    bad = tmp_path/'bad.yaml'; bad.write_text(yaml.safe_dump({'synthetic_world': str(world), 'targets': ['en', 'klingon-xx']}))
+    r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'regenerate', str(bad), '--out', str(tmp_path/'o')], capture_output=True, text=True)
+    assert r.returncode == 1 and 'RegenerateConfig.targets' in r.stderr and 'klingon-xx' in r.stderr
+    r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'translate-bench', '--task', 'gqa', '--data', str(tmp_path), '--to', 'es', '--out', str(tmp_path/'o')],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and '--task must be one of' in r.stderr
+
+
+# ---- the ablation recipe under `pangea sweep` ---------------------------------------------------------------------
+
+SMOKE = {'LANGS': ['en', 'es'], 'N_TRAIN': 40, 'STEPS': {'stage0': 4, 'stage1': 4, 'stage2': 6}, 'BATCH': 8, 'EVAL_N': 4,
+         'EVAL_TASKS': list(TASKS), 'EVAL_MODES': ['generate', 'loglik']}
+
+
+def test_template_parameters_match_defaults():
+    import nbformat
+    from pangea_nb.pixmo.ablation import PIXMO_DEFAULTS
+    nb = nbformat.read(ROOT/'nbs'/'sweeps'/'pixmo_run.ipynb', as_version=4)
+    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    ns = {}; exec(cell.source, ns)
+    assert {k: ns[k] for k in PIXMO_DEFAULTS} == PIXMO_DEFAULTS
+    spec = yaml.safe_load((ROOT/'sweeps'/'pixmo_ablation.yaml').read_text())
+    assert set(spec['base']) | set(spec['grid']) <= set(PIXMO_DEFAULTS) and spec['grid']['TRAIN_LANGS'] == ['en', 'all']
+
+
+@pytest.mark.slow
+def test_ablation_recipe_smoke(tmp_path):
+    spec = tmp_path/'pixmo.yaml'
+    spec.write_text(yaml.safe_dump({'name': 'pixmo_smoke', 'template': str(ROOT/'nbs'/'sweeps'/'pixmo_run.ipynb'), 'out_dir': str(tmp_path/'runs'),
+                                    'jobs': 1, 'base': SMOKE, 'grid': {'TRAIN_LANGS': ['en', 'all'], 'SEED': [0]}}))
+    r = subprocess.run([str(BIN/'pangea'), 'sweep', str(spec), '--quiet'], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    runs = sorted((tmp_path/'runs').glob('*/metrics.json'))
+    assert len(runs) == 2
+    for m in runs:
+        rows = json.loads(m.read_text())['rows']
+        got = {(x['task'], x['lang']) for x in rows}
+        assert {(t, l) for t in TASKS for l in ('en', 'es')} <= got
+        assert all(0 <= x['value'] <= 100 or x['metric'].startswith('mme') for x in rows)
+    n = {json.loads((m.parent/'params.json').read_text())['point']['TRAIN_LANGS']: json.loads(m.read_text())['train_samples'] for m in runs}
+    assert n['all'] > n['en'] > 0                                                  # the multilingual arm adds the regenerated data
+    r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'ablation-report', str(spec), '--out', str(tmp_path/'figs')], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for f in ('pixmo_ablation.png', 'pixmo_ablation.csv', 'pixmo_ablation.json'): assert (tmp_path/'figs'/f).exists()
+    summ = json.loads((tmp_path/'figs'/'pixmo_ablation.json').read_text())
+    assert summ['runs'] == 2 and set(summ['delta_english']) == {'generate', 'loglik'}
