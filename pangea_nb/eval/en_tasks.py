@@ -12,24 +12,35 @@ from pathlib import Path
 
 from ..contracts import safe_join, UnsafePathError
 from .tasks import Task, EvalItem, make_id, register_task, LETTERS
-from .metrics import normalise_text
+from .metrics import normalise_text, unspaced
 from .release import read_rows, embedded_image, image_cache, lang_code, language_roots
 from .vqa_tasks import LetterChoiceTask, MC_POST
 from .text_tasks import need, read_jsonl_records
 
 # %% auto #0
-__all__ = ['YES', 'NO', 'MME_PERCEPTION', 'MME_COGNITION', 'POPE_SPLITS', 'parse_yes_no', 'mmbench_lang', 'MMBench', 'ScienceQA',
-           'mme_pairs', 'MME', 'POPE', 'AI2D']
+__all__ = ['YES_NO', 'YES', 'NO', 'MME_PERCEPTION', 'MME_COGNITION', 'POPE_SPLITS', 'parse_yes_no', 'mmbench_lang', 'MMBench',
+           'ScienceQA', 'mme_pairs', 'MME', 'POPE', 'AI2D']
 
 # %% ../../nbs/4g_eval_en_tasks.ipynb #61479df6
-YES = {'yes', 'oui', 'ja', 'si', 'sì', 'sí', 'y'}
-NO = {'no', 'non', 'nein', 'n', 'not'}
+YES_NO = {'en': ('yes y', 'no n not'), 'fr': ('oui', 'non'), 'de': ('ja', 'nein'), 'it': ('sì si', 'no'),
+          'es': ('sí si', 'no'), 'pt': ('sim', 'não nao'), 'ru': ('да', 'нет'), 'sw': ('ndiyo ndio', 'hapana'),
+          'ar': ('نعم', 'لا'), 'hi': ('हाँ हां', 'नहीं नही'), 'id': ('ya iya', 'tidak bukan'), 'vi': ('có', 'không'),
+          'tr': ('evet', 'hayır hayir'), 'ko': ('네 예', '아니요 아니오 아니'), 'ja': ('はい', 'いいえ'),
+          'zh': ('是 有 对 對', '不 否 没 沒')}
+YES = {normalise_text(w) for y, _ in YES_NO.values() for w in y.split()}
+NO = {normalise_text(w) for _, n in YES_NO.values() for w in n.split()}
+assert not YES & NO, YES & NO
 
 def parse_yes_no(raw) -> str | None:
-    "'yes' / 'no' from the first word of `raw` (en, fr, de, it, es), else None."
+    "'yes' / 'no' from the first word of `raw` in any language of `YES_NO`, else None."
     w = normalise_text(raw).split()
     if not w: return None
-    return 'yes' if w[0] in YES else 'no' if w[0] in NO else None
+    if w[0] in YES: return 'yes'
+    if w[0] in NO: return 'no'
+    if unspaced(w[0]):
+        if any(w[0].startswith(x) for x in NO if unspaced(x)): return 'no'
+        if any(w[0].startswith(x) for x in YES if unspaced(x)): return 'yes'
+    return None
 
 # %% ../../nbs/4g_eval_en_tasks.ipynb #c85bbdfc
 def mmbench_lang(path:Path) -> str:
