@@ -13,6 +13,16 @@ os.environ.setdefault('MPLBACKEND', 'Agg')
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
+def env1():
+    "Environment for a subprocess with one thread: tiny models on a shared 2-core machine."
+    return {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
+
+@pytest.fixture(scope='module')
+def one_torch_thread():
+    "torch in this process on one thread for a module's tests (use with `pytestmark = pytest.mark.usefixtures(...)`)."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+
 @pytest.fixture(scope='session', autouse=True)
 def pangea_home(tmp_path_factory):
     "Every test session writes under its own PANGEA_HOME, never the user's cache."

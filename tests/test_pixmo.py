@@ -5,19 +5,14 @@ import json, os, signal, subprocess, sys, threading, time
 from collections import Counter
 from pathlib import Path
 import pytest, yaml
-from conftest import ROOT, BIN
+from conftest import ROOT, BIN, env1
 
 TASKS = ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')
 
 
-def env1():
-    return {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _threads():
-    import torch
-    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -4,21 +4,16 @@ import http.server, json, os, signal, socketserver, subprocess, sys, threading, 
 from collections import Counter
 from pathlib import Path
 import pytest
+from conftest import env1
 
 BIN = Path(sys.executable).parent
 QC_REASONS = {'wrong_language', 'repetition', 'length_ratio', 'empty', 'placeholders', 'numbers', 'untranslated', 'untranslated_words'}
 SOURCE_REASONS = {'no_source_language', 'already_target_language', 'duplicate_id', 'unknown_source_language', 'unreadable_record'}
 
 
-def env1():
-    "One thread per process: tiny models on a shared 2-core machine."
-    return {**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1', 'HF_HUB_OFFLINE': '1', 'TOKENIZERS_PARALLELISM': 'false'}
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _threads():
-    import torch
-    n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

@@ -19,7 +19,7 @@ from .text_tasks import need, read_jsonl_records
 
 # %% auto #0
 __all__ = ['YES_NO', 'YES', 'NO', 'MME_PERCEPTION', 'MME_COGNITION', 'POPE_SPLITS', 'parse_yes_no', 'mmbench_lang', 'MMBench',
-           'ScienceQA', 'mme_pairs', 'MME', 'POPE', 'AI2D']
+           'ScienceQA', 'mme_pairs', 'mme_files', 'MME', 'POPE', 'AI2D']
 
 # %% ../../nbs/4g_eval_en_tasks.ipynb #61479df6
 YES_NO = {'en': ('yes y', 'no n not'), 'fr': ('oui', 'non'), 'de': ('ja', 'nein'), 'it': ('sì si', 'no'),
@@ -140,6 +140,16 @@ def mme_pairs(txt:Path) -> list[tuple[str, str]]:
         out.append((q.strip(), a.strip().lower()))
     return out
 
+def mme_files(base:Path):
+    "(subtask, question file, image or None) of an MME release folder: `{subtask}/{image}.txt` beside the image, or `questions_answers_YN/` + `images/`."
+    for sub in MME_PERCEPTION + MME_COGNITION:
+        folder = base/sub
+        if not folder.is_dir(): continue
+        qa = folder/'questions_answers_YN' if (folder/'questions_answers_YN').is_dir() else folder
+        imdir = folder/'images' if qa != folder else folder
+        for txt in sorted(qa.glob('*.txt')):
+            yield sub, txt, next((p for p in sorted(imdir.glob(f'{txt.stem}.*')) if p.suffix.lower() in ('.jpg', '.jpeg', '.png')), None)
+
 @register_task
 class MME(Task):
     """MME (Fu et al. 2023): 14 subtasks of yes/no questions, two per image (one "yes", one "no").
@@ -162,17 +172,11 @@ class MME(Task):
     def load(self, root, split):
         for lang, base in language_roots(root, lambda p: self._base(p) is not None):
             base = self._base(base)
-            for sub in MME_PERCEPTION + MME_COGNITION:
-                folder = base/sub
-                if not folder.is_dir(): continue
-                qa = folder/'questions_answers_YN' if (folder/'questions_answers_YN').is_dir() else folder
-                imdir = folder/'images' if qa != folder else folder
-                for txt in sorted(qa.glob('*.txt')):
-                    im = next((p for p in sorted(imdir.glob(f'{txt.stem}.*')) if p.suffix.lower() in ('.jpg', '.jpeg', '.png')), None)
-                    if im is None: raise FileNotFoundError(f'{txt}: no image {txt.stem}.jpg/.png in {imdir}')
-                    for k, (q, a) in enumerate(mme_pairs(txt)):
-                        yield EvalItem(make_id(lang, split, f'{sub}/{txt.stem}/{k}'), lang, split, q, a, images=[im.name], image_paths=[im],
-                                       meta={'subtask': sub, 'image': txt.stem, 'source': str(txt)})
+            for sub, txt, im in mme_files(base):
+                if im is None: raise FileNotFoundError(f'{txt}: no image {txt.stem}.jpg/.png beside it or in its images/ folder')
+                for k, (q, a) in enumerate(mme_pairs(txt)):
+                    yield EvalItem(make_id(lang, split, f'{sub}/{txt.stem}/{k}'), lang, split, q, a, images=[im.name], image_paths=[im],
+                                   meta={'subtask': sub, 'image': txt.stem, 'source': str(txt)})
 
     def parse(self, raw, item): return parse_yes_no(raw)
     def score_item(self, answer, item): return {'accuracy': float(answer == item.answer)}

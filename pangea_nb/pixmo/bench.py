@@ -98,16 +98,8 @@ class MMEAdapter:
         if b is None: raise FileNotFoundError(f'mme: no MME subtask folders under {data}')
         return b
     def _txts(self, data):
-        from pangea_nb.eval.en_tasks import MME_PERCEPTION, MME_COGNITION
-        b = self.base(data)
-        for sub in MME_PERCEPTION + MME_COGNITION:
-            folder = b/sub
-            if not folder.is_dir(): continue
-            qa = folder/'questions_answers_YN' if (folder/'questions_answers_YN').is_dir() else folder
-            imdir = folder/'images' if qa != folder else folder
-            for txt in sorted(qa.glob('*.txt')):
-                im = next((p for p in sorted(imdir.glob(f'{txt.stem}.*')) if p.suffix.lower() in ('.jpg', '.jpeg', '.png')), None)
-                yield sub, txt, im
+        from pangea_nb.eval.en_tasks import mme_files
+        yield from mme_files(self.base(data))
     def items(self, data):
         from pangea_nb.eval.en_tasks import mme_pairs
         for sub, txt, im in self._txts(data):
