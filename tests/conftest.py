@@ -1,5 +1,5 @@
 """Shared pytest set-up: offline hub, CPU DeepSpeed, and a private PANGEA_HOME per test session."""
-import os, sys
+import contextlib, os, signal, subprocess, sys, threading, time
 from pathlib import Path
 import pytest
 
@@ -22,6 +22,26 @@ def one_torch_thread():
     "torch in this process on one thread for a module's tests (use with `pytestmark = pytest.mark.usefixtures(...)`)."
     import torch
     n = torch.get_num_threads(); torch.set_num_threads(1); yield; torch.set_num_threads(n)
+
+@contextlib.contextmanager
+def pangea_serve(model, batch_size:int = 8):
+    "`pangea serve MODEL` as a separate process on a free port; yields its base URL, stops it with SIGINT after."
+    p = subprocess.Popen([str(BIN/'pangea'), 'serve', '--model', str(model), '--port', '0', '--batch-size', str(batch_size)],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env1())
+    url, t0, seen = None, time.time(), []
+    while time.time() - t0 < 120:
+        line = p.stdout.readline()
+        if not line and p.poll() is not None: break
+        seen.append(line)
+        if line.startswith('pangea serve:'): url = line.rsplit(' at ', 1)[1].strip(); break
+    if url is None:
+        p.kill(); pytest.fail('pangea serve did not start:\n' + ''.join(seen[-20:]))
+    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()   # keep draining its output
+    try: yield url
+    finally:
+        p.send_signal(signal.SIGINT)
+        try: p.wait(10)
+        except subprocess.TimeoutExpired: p.kill()
 
 @pytest.fixture(scope='session', autouse=True)
 def pangea_home(tmp_path_factory):

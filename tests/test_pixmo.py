@@ -5,7 +5,7 @@ import json, os, signal, subprocess, sys, threading, time
 from collections import Counter
 from pathlib import Path
 import pytest, yaml
-from conftest import ROOT, BIN, env1
+from conftest import ROOT, BIN, env1, pangea_serve
 
 TASKS = ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')
 
@@ -111,21 +111,7 @@ def test_translate_bench_with_tiny_mt(models, bench, tmp_path):
 @pytest.fixture(scope='module')
 def served(models):
     "`pangea serve` of a tiny random-weight LLaVA, as a separate process."
-    p = subprocess.Popen([str(BIN/'pangea'), 'serve', '--model', str(models['llava']), '--port', '0', '--batch-size', '8'],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env1())
-    url, t0, seen = None, time.time(), []
-    while time.time() - t0 < 120:
-        line = p.stdout.readline()
-        if not line and p.poll() is not None: break
-        seen.append(line)
-        if line.startswith('pangea serve:'): url = line.rsplit(' at ', 1)[1].strip(); break
-    if url is None:
-        p.kill(); pytest.fail('pangea serve did not start:\n' + ''.join(seen[-20:]))
-    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()
-    yield url
-    p.send_signal(signal.SIGINT)
-    try: p.wait(10)
-    except subprocess.TimeoutExpired: p.kill()
+    with pangea_serve(models['llava']) as url: yield url
 
 
 def test_against_pangea_serve(served, world, bench, tmp_path):

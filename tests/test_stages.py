@@ -4,7 +4,7 @@ import http.server, json, os, signal, socketserver, subprocess, sys, threading, 
 from collections import Counter
 from pathlib import Path
 import pytest
-from conftest import env1
+from conftest import env1, pangea_serve
 
 BIN = Path(sys.executable).parent
 QC_REASONS = {'wrong_language', 'repetition', 'length_ratio', 'empty', 'placeholders', 'numbers', 'untranslated', 'untranslated_words'}
@@ -131,21 +131,7 @@ def test_synthetic_world_curation(caption_world, tmp_path):
 @pytest.fixture(scope='module')
 def served(tiny_checkpoint):
     "`pangea serve` of the project's tiny trained LLaVA (conftest's session checkpoint), as a separate process."
-    p = subprocess.Popen([str(BIN/'pangea'), 'serve', '--model', str(tiny_checkpoint), '--port', '0', '--batch-size', '8'],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env1())
-    url, t0, seen = None, time.time(), []
-    while time.time() - t0 < 120:
-        line = p.stdout.readline()
-        if not line and p.poll() is not None: break
-        seen.append(line)
-        if line.startswith('pangea serve:'): url = line.rsplit(' at ', 1)[1].strip(); break
-    if url is None:
-        p.kill(); pytest.fail('pangea serve did not start:\n' + ''.join(seen[-20:]))
-    threading.Thread(target=lambda: [None for _ in p.stdout], daemon=True).start()   # keep draining its output
-    yield url
-    p.send_signal(signal.SIGINT)
-    try: p.wait(10)
-    except subprocess.TimeoutExpired: p.kill()
+    with pangea_serve(tiny_checkpoint) as url: yield url
 
 
 def test_stages_over_http_against_pangea_serve(served, tiny_checkpoint, world, shared, tmp_path):

@@ -17,8 +17,9 @@ from ..stages.translate import TranslateConfig, translate_batch, make_translator
 from ..eval.tasks import LETTERS
 
 # %% auto #0
-__all__ = ['ADAPTERS', 'BENCH_TASKS', 'translate_fields', 'MMBenchAdapter', 'ScienceQAAdapter', 'MMEAdapter', 'POPEAdapter',
-           'AI2DAdapter', 'translate_bench', 'check_alignment', 'write_synthetic_benchmarks', 'translate_bench_cli']
+__all__ = ['ADAPTERS', 'BENCH_TASKS', 'translate_fields', 'MMBenchAdapter', 'ScienceQAAdapter', 'release_base', 'MMEAdapter',
+           'POPEAdapter', 'AI2DAdapter', 'translate_bench', 'check_alignment', 'write_synthetic_benchmarks',
+           'translate_bench_cli']
 
 # %% ../../nbs/92_pixmo_bench.ipynb #53fcb6f8
 def translate_fields(items:list[tuple[str, dict]], translator, src:str, tgt:str, tcfg:TranslateConfig, batch:int = 32) -> dict:
@@ -89,14 +90,18 @@ class ScienceQAAdapter:
         atomic_write_json(d/'problems.json', new); atomic_write_json(d/'pid_splits.json', {self.split: list(new)})
 
 # %% ../../nbs/92_pixmo_bench.ipynb #aeebaf12
+def release_base(task_cls, data, what:str) -> Path:
+    "The folder under `data` that `task_cls`'s loader reads, or an error naming what is missing."
+    b = task_cls._base(Path(data))
+    if b is None: raise FileNotFoundError(f'{task_cls.name}: no {what} under {data}')
+    return b
+
 class MMEAdapter:
     "MME subtask folders: each question translated, 'Yes'/'No' untouched; an image's two questions kept or dropped together."
     name = 'mme'
     def base(self, data):
         from pangea_nb.eval.en_tasks import MME
-        b = MME._base(Path(data))
-        if b is None: raise FileNotFoundError(f'mme: no MME subtask folders under {data}')
-        return b
+        return release_base(MME, data, 'MME subtask folders')
     def _txts(self, data):
         from pangea_nb.eval.en_tasks import mme_files
         yield from mme_files(self.base(data))
@@ -146,9 +151,7 @@ class AI2DAdapter:
     name = 'ai2d'
     def base(self, data):
         from pangea_nb.eval.en_tasks import AI2D
-        b = AI2D._base(Path(data))
-        if b is None: raise FileNotFoundError(f'ai2d: no questions/ folder under {data}')
-        return b
+        return release_base(AI2D, data, 'questions/ folder')
     def items(self, data):
         for qf in sorted(self.base(data).glob('questions/*.json')):
             d = json.loads(qf.read_text(encoding='utf-8'))
