@@ -13,7 +13,7 @@ from typing import Iterable, Sequence
 # %% auto #0
 __all__ = ['NO_SPACE_SCRIPTS', 'BLEU_TOKENIZERS', 'to_ascii_digits', 'strip_punct', 'normalise_text', 'unspaced', 'exact_match',
            'relaxed_match', 'squad_tokens', 'squad_em', 'squad_f1', 'extract_number', 'number_match', 'mean_percent',
-           'bleu_tokenizer', 'corpus_bleu', 'corpus_chrf']
+           'bleu_tokenizer', 'corpus_bleu', 'corpus_chrf', 'sentence_chrf']
 
 # %% ../../nbs/40_eval_metrics.ipynb #f95e95b3
 def to_ascii_digits(text:str) -> str:
@@ -130,6 +130,11 @@ def corpus_chrf(hyps:Sequence[str], refs:Sequence[str | Sequence[str]], word_ord
     from sacrebleu.metrics import CHRF
     m = CHRF(word_order=word_order)
     return {'score': m.corpus_score(list(hyps), _ref_streams(hyps, refs)).score, 'signature': str(m.get_signature())}
+
+def sentence_chrf(hyp:str, ref:str) -> float:
+    "chrF (0-100) of one sentence against one reference: a per-item score, e.g. of a back-translation against its source."
+    from sacrebleu.metrics import CHRF
+    return float(CHRF().sentence_score(hyp, [ref]).score)
 
 def _ref_streams(hyps, refs):
     if len(hyps) != len(refs): raise ValueError(f'{len(hyps)} hypotheses but {len(refs)} references')

@@ -10,7 +10,7 @@ import json, time
 from pathlib import Path
 import pandas as pd
 from ..config import config_hash
-from ..sweep.runner import run_lock
+from ..sweep.runner import make_once
 
 # %% auto #0
 __all__ = ['PIXMO_DEFAULTS', 'TRAIN_FAMILIES', 'SCORES', 'pixmo_params', 'template_params', 'ablation_data', 'train_pools',
@@ -74,12 +74,7 @@ def ablation_data(p:dict, model_cfg, shared_dir, progress:bool = False, poll:flo
     wc = _world(p, model_cfg, {'train': p['N_TRAIN'], 'test': max(4 * p['EVAL_N'], 40)})
     key = config_hash({'world': wc.to_dict(), 'langs': langs, 'error': p['ERROR_RATE'], 'eval_n': p['EVAL_N'], 'v': 1}, n=10)
     d = Path(shared_dir)/f'pixmo-data-{key}'
-    while not (d/'done.json').exists():
-        try:
-            with run_lock(d): _make_data(d, wc, p, langs, progress)
-        except RuntimeError as e:
-            if 'is being run by' not in str(e): raise
-            time.sleep(poll)                         # another run of the sweep is making it: wait and reuse
+    make_once(d, lambda: (d/'done.json').exists(), lambda: _make_data(d, wc, p, langs, progress), poll)   # made by one run, reused by all
     info = json.loads((d/'done.json').read_text())
     return {'root': d, 'regen_dir': d/'regen', 'bench_dirs': {t: d/'bench'/t for t in p['EVAL_TASKS']},
             'regen_report': info['regen'], 'bench_report': info['bench'], 'alignment': info['alignment']}

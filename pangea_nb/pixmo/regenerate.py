@@ -19,12 +19,14 @@ from ..stages.backends import Backend, Prompt, Reply, load_backend
 from ..stages.translate import (TranslateConfig, translate_batch, make_translator, translator_inner, ChatTranslator,
                                         protect, restore, split_segments, join_segments, PH_RE, qc_turn, qc_language, _Unit)
 from ..stages.runner import Ledger, run_units, stage_report, write_report, materialise
+from ..stages.oracle import qc_catch_rates
+from ..eval.metrics import sentence_chrf
 from .sources import load_pixmo, load_cosyn, write_synthetic_sources, SOURCE_KINDS
 
 # %% auto #0
 __all__ = ['PARALLEL_ERRORS', 'METHODS', 'REGEN_STEPS', 'REGEN_PROMPT', 'ParallelTextTranslator', 'RegenerateConfig',
-           'iter_items', 'wrap_in_image', 'unwrap_in_image', 'in_image_missing', 'back_translate', 'chrf',
-           'regenerate_batch', 'regenerate_units', 'make_backends', 'regenerate', 'regenerate_cli']
+           'iter_items', 'wrap_in_image', 'unwrap_in_image', 'in_image_missing', 'back_translate', 'regenerate_batch',
+           'regenerate_units', 'make_backends', 'regenerate', 'regenerate_cli']
 
 # %% ../../nbs/91_pixmo_regenerate.ipynb #53b2d386
 PARALLEL_ERRORS = ('untranslated', 'wrong_content', 'dropped_placeholder', 'truncated')
@@ -189,11 +191,6 @@ def back_translate(translator, texts:list[str], src:str, tgt:str) -> list[str | 
         out.append(restore(join_segments(segs, 'line'), spans))
     return out
 
-def chrf(hyp:str, ref:str) -> float:
-    "Sentence chrF (sacrebleu) of `hyp` against `ref`, 0-100."
-    from sacrebleu.metrics import CHRF
-    return float(CHRF().sentence_score(hyp, [ref]).score)
-
 # %% ../../nbs/91_pixmo_regenerate.ipynb #6d8f784d
 REGEN_PROMPT = ('Here is an image and a {what} about it written in {src}:\n"""{text}"""\n'
                 'Write this {what} in {tgt}, faithful to the image. Keep every number, name and any text that is written in '
@@ -247,7 +244,7 @@ def _grounding(outcomes, units, translator, cfg:RegenerateConfig):
         for o, ts in zip(group, outs):
             refs = [t.text.replace(IMAGE_TOKEN, '').strip() for t in by_key[o['key']].sample.turns]
             bs = [next(backs) for _ in ts]
-            scores = [None if b is None else round(chrf(b, r), 1) for b, r in zip(bs, refs)]
+            scores = [None if b is None else round(sentence_chrf(b, r), 1) for b, r in zip(bs, refs)]
             score = None if None in scores else min(scores)          # the worst turn decides
             o['backtranslation_chrf'] = score
             if score is None or score < cfg.min_chrf:
@@ -343,14 +340,12 @@ def _by_source(ledger) -> dict:
     return {k: {'kept': c[(k, 'kept')], 'rejected': c[(k, 'rejected')]} for k in kinds}
 
 def _catch_rates(ledger) -> dict | None:
-    rows = [o for o in ledger if 'truth' in o]
+    "The oracle's `qc_catch_rates` over units whose injected errors are known (their `truth`: error kinds)."
+    rows = [{**o, 'truth': [{'type': t} for t in o['truth']]} for o in ledger if 'truth' in o]
     if not rows: return None
-    clean = [o for o in rows if not o['truth']]; bad = [o for o in rows if o['truth']]
-    per = Counter(t for o in bad for t in o['truth']); caught = Counter(t for o in bad if o['status'] == 'rejected' for t in o['truth'])
-    pct = lambda a, b: round(100 * a / b, 1) if b else None
-    return {'clean': len(clean), 'clean_rejected_pct': pct(sum(o['status'] == 'rejected' for o in clean), len(clean)),
-            'corrupted': len(bad), 'corrupted_caught_pct': pct(sum(o['status'] == 'rejected' for o in bad), len(bad)),
-            'caught_pct_by_error': {k: pct(caught[k], v) for k, v in sorted(per.items())}}
+    r = qc_catch_rates(rows); caught = dict(r['caught_pct']); any_ = caught.pop('any', None)
+    return {'clean': r['clean_samples'], 'clean_rejected_pct': r['clean_dropped_pct'], 'corrupted': r['with_errors'].get('any', 0),
+            'corrupted_caught_pct': any_, 'caught_pct_by_error': dict(sorted(caught.items()))}
 
 # %% ../../nbs/91_pixmo_regenerate.ipynb #cc78c632
 def regenerate_cli(config:str,             # RegenerateConfig YAML/JSON

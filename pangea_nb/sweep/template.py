@@ -10,7 +10,7 @@ import copy, json, math, os, shutil, time
 from pathlib import Path
 from ..config import RunConfig, ConfigError, config_hash, home_path
 from ..contracts import atomic_write_json, write_results, ResultRow, read_jsonl, save_fig, new_figure
-from .runner import run_lock, _lock_owner
+from .runner import make_once, _lock_owner
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'H100_BF16_FLOPS', 'GPU_MFU', 'CPU_EFFICIENCY', 'world_pools', 'run_params', 'build_run_config',
@@ -97,17 +97,11 @@ def shared_stages(p:dict, shared_dir, progress:bool = False, poll:float = 5.0) -
     cfg = shared_config(p)
     if not cfg.stages: return None
     d = Path(shared_dir)/f'stages01-{shared_key(p)}'
-    while True:
-        if (d/'stages.json').exists(): return resolve_model_dir(d)
-        try:
-            with run_lock(d):
-                if not (d/'stages.json').exists():
-                    cfg.replace(output_dir=str(d)).save(d/'config.yaml')
-                    run_stages(cfg.replace(output_dir=str(d)), d, progress=progress)
-            return resolve_model_dir(d)
-        except RuntimeError as e:
-            if 'is being run by' not in str(e): raise
-            time.sleep(poll)   # another run is training them: wait and reuse
+    def train():
+        cfg.replace(output_dir=str(d)).save(d/'config.yaml')
+        run_stages(cfg.replace(output_dir=str(d)), d, progress=progress)
+    make_once(d, lambda: (d/'stages.json').exists(), train, poll)   # another run training them: wait and reuse
+    return resolve_model_dir(d)
 
 # %% ../../nbs/55_run_template.ipynb #6bee3bfc
 def build_stage2_data(cfg:RunConfig, run_dir, progress:bool = False) -> tuple[list[dict], dict]:
@@ -151,7 +145,7 @@ def eval_world(p:dict, model_cfg, shared_dir) -> Path:
     wc = WorldConfig(n_train=0, n_test=p['EVAL_N'] * len(langs), langs=langs, level=p['LEVEL'], families=dict(p['FAMILIES']),
                      image_size=model_cfg.image_size, cell=model_cfg.patch_size, seed=p['WORLD_SEED'])
     d = Path(shared_dir)/f'eval-world-{wc.hash()}'
-    with run_lock(d): write_world(d, wc, progress=False)   # no-op when present
+    make_once(d, lambda: (d/'manifest.json').exists(), lambda: write_world(d, wc, progress=False))   # the manifest is written last
     return d
 
 def _metric_name(task:str, mode:str, metric:str) -> str:
