@@ -15,6 +15,7 @@ from ..data.schema import Sample, Turn, IMAGE_TOKEN
 from ..languages import normalise_lang, same_language
 from ..stages.translate import TranslateConfig, translate_batch, make_translator, translator_inner, ChatTranslator, _Unit
 from ..eval.tasks import LETTERS
+from ..eval.text_tasks import read_jsonl_records
 
 # %% auto #0
 __all__ = ['ADAPTERS', 'BENCH_TASKS', 'translate_fields', 'MMBenchAdapter', 'ScienceQAAdapter', 'release_base', 'MMEAdapter',
@@ -125,7 +126,7 @@ class POPEAdapter:
     def __init__(self, source='coco'): self.source = source
     def files(self, data):
         d = Path(data); return sorted([*d.glob(f'output/{self.source}/{self.source}_pope_*.json'), *d.glob(f'{self.source}_pope_*.json')])
-    def _rows(self, path): return [json.loads(l) for l in path.read_text(encoding='utf-8').splitlines() if l.strip()]
+    def _rows(self, path): return [r for _, r in read_jsonl_records(path)]      # a malformed line names file and line
     def items(self, data):
         for path in self.files(data):
             setting = path.stem.rsplit('_', 1)[1]
