@@ -40,7 +40,8 @@ def main():
     torch.set_num_threads(a.threads)
     from tiny_llava import build_tiny_llava
     from pangea_nb.eval.tasks import get_task, select_items, score_predictions
-    from pangea_nb.eval.infer import Predictor, run_task
+    from pangea_nb.model.infer import Predictor
+    from pangea_nb.eval.infer import run_task
     from pangea_nb.contracts import read_jsonl
     torch.manual_seed(0)
     model, proc = build_tiny_llava(hidden=a.hidden, layers=a.layers)

@@ -14,7 +14,8 @@ from typing import Any, Iterable
 # %% auto #0
 __all__ = ['RATE_METRICS', 'OTHER_METRICS', 'METRICS', 'AGGREGATE_LANGS', 'PLOT_RC', 'atomic_open', 'atomic_write_text',
            'atomic_write_json', 'append_jsonl', 'read_jsonl', 'ResultRow', 'write_results', 'read_results',
-           'results_frame', 'UnsafePathError', 'safe_join', 'plot_style', 'new_figure', 'figure_data', 'save_fig']
+           'results_frame', 'UnsafePathError', 'safe_join', 'plot_style', 'new_figure', 'figure_data', 'save_fig',
+           'RunBusy', 'run_lock', 'make_once']
 
 # %% ../nbs/00a_contracts.ipynb #6c0a52f5
 @contextlib.contextmanager
@@ -207,3 +208,43 @@ def save_fig(fig, name:str, data=None, out_dir=None, formats=('png', 'pdf')) -> 
             paths[ext] = out_dir/f'{name}.{ext}'
     paths['csv'] = atomic_write_text(out_dir/f'{name}.csv', df.to_csv(index=False))
     return paths
+
+# %% ../nbs/00a_contracts.ipynb #f3552479
+import time
+def _pid_alive(pid:int) -> bool:
+    try: os.kill(pid, 0); return True
+    except ProcessLookupError: return False
+    except PermissionError: return True
+
+def _lock_owner(run_dir:Path) -> dict | None:
+    "The live owner of `run_dir/.lock`, or None (no lock or a stale one)."
+    f = run_dir/'.lock'
+    try: owner = json.loads(f.read_text())
+    except (FileNotFoundError, json.JSONDecodeError): return None
+    if owner.get('host') != os.uname().nodename: return owner   # another machine: trust it
+    return owner if _pid_alive(owner.get('pid', -1)) else None
+
+class RunBusy(RuntimeError):
+    "Another live process holds the folder's lock."
+
+@contextlib.contextmanager
+def run_lock(run_dir:Path):
+    "Claim `run_dir` for this process; raises `RunBusy` if a live process holds it (or takes it at the same moment)."
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = run_dir/'.lock'
+    owner = _lock_owner(run_dir)
+    if owner is not None: raise RunBusy(f'{run_dir.name} is being run by pid {owner.get("pid")} on {owner.get("host")}')
+    f.unlink(missing_ok=True)  # stale
+    try: fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError: raise RunBusy(f'{run_dir.name} was claimed by another process just now') from None
+    with os.fdopen(fd, 'w') as h: json.dump({'pid': os.getpid(), 'host': os.uname().nodename, 'started': time.time()}, h)
+    try: yield
+    finally: f.unlink(missing_ok=True)
+
+def make_once(folder:Path, is_done, make, poll:float = 5.0):
+    "Call `make()` under `folder`'s lock unless `is_done()`; while another live process holds the lock, wait for it and check again (shared stages, data every run of a sweep reuses)."
+    while not is_done():
+        try:
+            with run_lock(Path(folder)):
+                if not is_done(): make()
+        except RunBusy: time.sleep(poll)

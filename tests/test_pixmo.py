@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
-    from pangea_nb.stages.local import build_tiny_mt, build_tiny_llava
+    from pangea_nb.backends.local import build_tiny_mt, build_tiny_llava
     d = tmp_path_factory.mktemp('pixmo_models')
     return {'nllb': build_tiny_mt(d/'nllb', 'nllb', langs=('en', 'es', 'fr', 'de', 'it')), 'llava': build_tiny_llava(d/'llava')}
 

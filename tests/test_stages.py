@@ -18,7 +18,7 @@ pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 @pytest.fixture(scope='module')
 def models(tmp_path_factory):
-    from pangea_nb.stages.local import build_tiny_mt, build_tiny_llava
+    from pangea_nb.backends.local import build_tiny_mt, build_tiny_llava
     d = tmp_path_factory.mktemp('models')
     return {'nllb': build_tiny_mt(d/'nllb', 'nllb'), 'llava': build_tiny_llava(d/'llava')}
 
@@ -27,7 +27,7 @@ def models(tmp_path_factory):
 def world(tmp_path_factory):
     from pangea_nb.data.synth import write_world, WorldConfig
     from pangea_nb.data.schema import read_samples, write_samples
-    from pangea_nb.stages.oracle import synthetic_alt_text_pool
+    from pangea_nb.backends.oracle import synthetic_alt_text_pool
     d = tmp_path_factory.mktemp('world')
     write_world(d, WorldConfig(n_train=240, n_test=40, langs=['en', 'sw', 'ja']), progress=False)
     write_samples(d/'en.jsonl', [s for s in read_samples(d/'train.jsonl') if s.language == 'en'])
@@ -38,7 +38,7 @@ def world(tmp_path_factory):
 def caption_world(tmp_path_factory):
     "A world of captioned scenes and an alt-text pool over it with known faults (correct, dropped word, spam, mismatched)."
     from pangea_nb.data.synth import write_world, WorldConfig
-    from pangea_nb.stages.oracle import synthetic_alt_text_pool
+    from pangea_nb.backends.oracle import synthetic_alt_text_pool
     d = tmp_path_factory.mktemp('caption_world')
     write_world(d, WorldConfig(n_train=300, n_test=0, langs=['en', 'sw', 'ja'], families={'caption': 1}), progress=False)
     synthetic_alt_text_pool(d, d/'alt.jsonl')
@@ -52,7 +52,7 @@ def read_ledger(path):
 # ---- QC on garbage and honesty on the real sample -------------------------------------------------------------
 
 def test_random_mt_garbage_is_rejected_by_qc_on_real_sample(shared, models, tmp_path):
-    from pangea_nb.stages.translate import translate_file, TranslateConfig
+    from pangea_nb.curation.translate import translate_file, TranslateConfig
     cfg = TranslateConfig(targets=['sw', 'ja'], backend=f"hf-mt:{models['nllb']}", lang_source='pangeains', limit=14, batch_size=8)
     rep = translate_file(shared/'data/pangeains-sample/sample_data.json', tmp_path/'out', cfg, progress=False)
     reached = rep['in'] - rep['by_step']['read'] - rep['by_step']['source']
@@ -67,7 +67,7 @@ def test_random_mt_garbage_is_rejected_by_qc_on_real_sample(shared, models, tmp_
 
 
 def test_curate_real_sample_with_random_llava_rejects_everything(shared, models, tmp_path):
-    from pangea_nb.stages.curate import curate_file, CurateConfig
+    from pangea_nb.curation.curate import curate_file, CurateConfig
     cfg = CurateConfig(backend=f"hf-llava:{models['llava']}", lang_source='pangeains', limit=40, batch_size=8, max_new_tokens=24)
     rep = curate_file(shared/'data/pangeains-sample/sample_data.json', tmp_path/'cur', cfg, progress=False)
     assert rep['in'] == 40 and rep['kept'] == 0
@@ -76,8 +76,8 @@ def test_curate_real_sample_with_random_llava_rejects_everything(shared, models,
 
 
 def test_oracle_refuses_the_real_sample(shared, world, tmp_path):
-    from pangea_nb.stages.translate import translate_file, TranslateConfig
-    from pangea_nb.stages.curate import curate_file, CurateConfig
+    from pangea_nb.curation.translate import translate_file, TranslateConfig
+    from pangea_nb.curation.curate import curate_file, CurateConfig
     oracle = {'kind': 'synthetic-oracle', 'model': str(world)}
     rep = translate_file(shared/'data/pangeains-sample/sample_data.json', tmp_path/'tr',
                          TranslateConfig(targets=['sw'], backend=oracle, lang_source='pangeains', limit=40), progress=False)
@@ -93,9 +93,9 @@ def test_oracle_refuses_the_real_sample(shared, world, tmp_path):
 # ---- the synthetic world with the oracle ------------------------------------------------------------------------
 
 def test_synthetic_world_translation_qc_catch_rates(world, tmp_path):
-    from pangea_nb.stages.translate import translate_file, TranslateConfig
-    from pangea_nb.stages.oracle import qc_catch_rates
-    from pangea_nb.stages.runner import Ledger
+    from pangea_nb.curation.translate import translate_file, TranslateConfig
+    from pangea_nb.backends.oracle import qc_catch_rates
+    from pangea_nb.curation.runner import Ledger
     cfg = TranslateConfig(targets=['ja', 'sw', 'ar'], backend={'kind': 'synthetic-oracle', 'model': str(world), 'options': {'error_rate': 0.3, 'seed': 3}})
     rep = translate_file(world/'en.jsonl', tmp_path/'tr', cfg, progress=False)
     rates = qc_catch_rates(Ledger(tmp_path/'tr'/'ledger.jsonl'))
@@ -107,7 +107,7 @@ def test_synthetic_world_translation_qc_catch_rates(world, tmp_path):
 
 
 def test_synthetic_world_curation(caption_world, tmp_path):
-    from pangea_nb.stages.curate import curate_file, CurateConfig
+    from pangea_nb.curation.curate import curate_file, CurateConfig
     from pangea_nb.data.synth import synth_answer_correct
     world = caption_world
     cfg = CurateConfig(backend={'kind': 'synthetic-oracle', 'model': str(world)}, require_country=False, target_n=30,
@@ -135,9 +135,9 @@ def served(tiny_checkpoint):
 
 
 def test_stages_over_http_against_pangea_serve(served, tiny_checkpoint, world, shared, tmp_path):
-    from pangea_nb.stages.backends import load_backend, Prompt
-    from pangea_nb.stages.translate import translate_file, TranslateConfig
-    from pangea_nb.stages.curate import curate_file, CurateConfig
+    from pangea_nb.backends.core import load_backend, Prompt
+    from pangea_nb.curation.translate import translate_file, TranslateConfig
+    from pangea_nb.curation.curate import curate_file, CurateConfig
     from PIL import Image
     be = load_backend(served)
     assert be.identity()['model'] == Path(tiny_checkpoint).name and be.identity()['revision']
@@ -186,7 +186,7 @@ class _Quiet(socketserver.ThreadingTCPServer):
 
 
 def test_misbehaving_server_timeouts_5xx_and_unparseable_output(tmp_path):
-    from pangea_nb.stages.curate import curate_file, CurateConfig
+    from pangea_nb.curation.curate import curate_file, CurateConfig
     from PIL import Image
     import numpy as np
     srv = _Quiet(('127.0.0.1', 0), _Bad); srv.daemon_threads = True
@@ -231,7 +231,7 @@ def test_sigkill_then_resume_translate_no_duplicates_no_loss(models, world, tmp_
     cmd = [str(BIN/'pangea'), 'data', 'translate', str(world/'en.jsonl'), '--to', 'sw,ja', '--backend', f"hf-mt:{models['nllb']}",
            '--out', str(out), '--batch-size', '2', '--no-fix', '--limit', '40']
     _kill_midway(cmd, out/'ledger.jsonl', 10)
-    from pangea_nb.stages.runner import Ledger
+    from pangea_nb.curation.runner import Ledger
     before = len(Ledger(out/'ledger.jsonl'))                               # opening repairs a torn last line, as the rerun does
     r = subprocess.run(cmd + ['--json'], capture_output=True, text=True, env=env1(), timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -227,8 +227,8 @@ class StageIncomplete(RuntimeError):
 
 def _model_stage(cfg, name, up, spec, samples, run) -> tuple[Stage, dict, list, list]:
     "Common frame of refine/filter: returns (stage, counts, kept samples, rejected outcomes)."
-    from pangea_nb.stages.runner import Ledger, stage_report, write_report
-    from pangea_nb.stages.backends import load_backend
+    from pangea_nb.curation.runner import Ledger, stage_report, write_report
+    from pangea_nb.backends.core import load_backend
     from pangea_nb.cultural.refine import REFINE_STEPS
     from pangea_nb.cultural.filter import FILTER_STEPS
     st = Stage(cfg.out_path, name, {'backend': spec, 'on_fail': cfg.on_refine_fail if name == 'refine' else None}, up)

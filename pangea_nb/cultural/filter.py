@@ -55,7 +55,7 @@ def filter_samples(samples:list[Sample], backend, image_root, ledger, batch_size
                    progress:bool = True) -> Counter:
     "Ask `backend` whether each sample's image fits its question; outcomes into `ledger` (resumable)."
     from tqdm.auto import tqdm
-    from pangea_nb.stages.backends import Prompt
+    from pangea_nb.backends.core import Prompt
     if 'image' not in getattr(backend, 'modalities', ()): raise ValueError(f'the relevance filter needs a backend that takes images; {backend.identity()} does not')
     identity, counts = backend.identity(), Counter()
     todo = [s for s in samples if s.id not in ledger.done]

@@ -155,7 +155,7 @@ PIL_MIME = {'JPEG': 'image/jpeg', 'PNG': 'image/png', 'GIF': 'image/gif', 'WEBP'
 def check_image(data:bytes, max_pixels:int = 40_000_000) -> tuple[str, int, int]:
     "(mime, width, height) of an image in `data`; ValueError if it is not a decodable picture within `max_pixels`."
     from PIL import Image, UnidentifiedImageError
-    from pangea_nb.stages.backends import open_image
+    from pangea_nb.backends.core import open_image
     try: im = open_image(bytes(data), max_bytes=max(1, len(data)), max_pixels=max_pixels)
     except ValueError as e: raise ValueError(f'{e} (decompression bomb?)') from None
     except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as e:

@@ -130,7 +130,7 @@ def refine_samples(samples:list[Sample], backend, idx:EntityIndex, ledger, batch
                    max_new_tokens:int = 256, lang_backend:str = 'lingua', progress:bool = True) -> Counter:
     "Refine `samples` through `backend` into `ledger` (resumable); returns counts: done, skipped, backend_errors."
     from tqdm.auto import tqdm
-    from pangea_nb.stages.backends import Prompt
+    from pangea_nb.backends.core import Prompt
     if on_fail not in ('template', 'drop'): raise ValueError(f"on_fail must be 'template' or 'drop', got {on_fail!r}")
     identity, counts = backend.identity(), Counter()
     todo = [s for s in samples if s.id not in ledger.done]

@@ -105,7 +105,8 @@ def eval_checkpoint(model:str=None,            # HF-format checkpoint folder (e.
     "Evaluate a checkpoint on a task in one command: check, predict (resumable), score; results in OUT."
     from pangea_nb.eval.cli import _required, eval_score
     from pangea_nb.eval.tasks import get_task, select_items, resolve_images
-    from pangea_nb.eval.infer import load_predictor, run_task
+    from pangea_nb.model.infer import load_predictor
+    from pangea_nb.eval.infer import run_task
     from pangea_nb.config import EvalConfig, device_info, git_state
     _required(model=model, task=task, data=data, out=out)
     t = get_task(task)

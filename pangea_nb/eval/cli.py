@@ -73,7 +73,8 @@ def eval_run(task:str=None,            # benchmark name
     _required(task=task, data=data, model=model, out=out)
     from pangea_nb.config import EvalConfig
     EvalConfig(mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)       # validates the values
-    from pangea_nb.eval.infer import load_predictor, run_task
+    from pangea_nb.model.infer import load_predictor
+    from pangea_nb.eval.infer import run_task
     t = get_task(task)
     if mode == 'loglik' and not t.multiple_choice: raise ValueError(f'{task} is not multiple choice: use --mode generate')
     items = select_items(t, data, split=split, langs=langs, limit=limit)
@@ -189,7 +190,7 @@ def predict(model:str=None,                                 # checkpoint folder 
             device:str=None):
     "Answer a prompt about zero or more images with a model."
     _required(model=model, prompt=prompt)
-    from pangea_nb.eval.infer import load_predictor, load_images, IMAGE
+    from pangea_nb.model.infer import load_predictor, load_images, IMAGE
     images = load_images([Path(p) for p in image or []])
     text = prompt if IMAGE in prompt else IMAGE * len(images) + ('\n' if images else '') + prompt
     ans = load_predictor(model, device=device).generate([text], [images], max_new_tokens=max_new_tokens)[0]

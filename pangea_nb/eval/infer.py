@@ -1,4 +1,4 @@
-"""Batched greedy generation and option log-likelihood for any LLaVA(-Next) model; batch-size invariant and resumable.
+"""Resumable, batch-size-invariant predictions of one task's items through a `Predictor`.
 
 Docs: https://pangea-nb.github.io/pangea_nb/eval_infer.html.md"""
 
@@ -14,122 +14,10 @@ from typing import Sequence
 import torch
 from ..contracts import append_jsonl, read_jsonl, atomic_write_json
 from .tasks import Task, EvalItem
+from ..model.infer import Predictor
 
 # %% auto #0
-__all__ = ['IMAGE', 'chat_prompt', 'load_images', 'collate', 'Predictor', 'generate', 'loglik', 'run_meta', 'check_resume',
-           'drop_torn_tail', 'run_task', 'load_predictor']
-
-# %% ../../nbs/44_eval_infer.ipynb #7afaf5ea
-IMAGE = '<image>'
-
-def chat_prompt(processor, text:str, system:str | None = None) -> str:
-    "`text` as one user turn in the processor's chat template (image parts where `<image>` stands), or as is."
-    if not getattr(processor, 'chat_template', None): return text
-    head = [{'role': 'system', 'content': system}] if system else []
-    try:                                    # the template passes string content through: the prompt as training renders it
-        p = processor.apply_chat_template(head + [{'role': 'user', 'content': text}], add_generation_prompt=True, tokenize=False)
-        if text in p: return p
-    except (TypeError, ValueError, KeyError, jinja2.TemplateError): pass    # a template that only takes content parts
-    parts = []
-    for i, chunk in enumerate(text.split(IMAGE)):
-        if i: parts.append({'type': 'image'})
-        if chunk.strip(): parts.append({'type': 'text', 'text': chunk.strip('\n')})
-    return processor.apply_chat_template(head + [{'role': 'user', 'content': parts}], add_generation_prompt=True, tokenize=False)
-
-def load_images(paths) -> list:
-    "Open image files as RGB, naming the file on failure."
-    from PIL import Image
-    out = []
-    for p in paths or []:
-        try:
-            with Image.open(p) as im: out.append(im.convert('RGB'))
-        except Exception as e: raise ValueError(f'cannot read image {p}: {type(e).__name__}: {e}') from None
-    return out
-
-# %% ../../nbs/44_eval_infer.ipynb #d7926bb6
-def collate(encs:list[dict], pad_id:int) -> dict:
-    "Left-pad `input_ids` of per-item encodings into a batch with attention mask and position ids; concatenate image tensors."
-    L = max(len(e['input_ids']) for e in encs)
-    ids = torch.full((len(encs), L), pad_id, dtype=torch.long); mask = torch.zeros((len(encs), L), dtype=torch.long)
-    for i, e in enumerate(encs):
-        n = len(e['input_ids']); ids[i, L - n:] = torch.as_tensor(e['input_ids']); mask[i, L - n:] = 1
-    batch = {'input_ids': ids, 'attention_mask': mask, 'position_ids': (mask.cumsum(-1) - 1).clamp(min=0)}
-    for k in {k for e in encs for k in e if k not in ('input_ids', 'attention_mask')}:
-        ts = [e[k] for e in encs if k in e and e[k] is not None]
-        if not ts: continue
-        shape = [max(t.shape[d] for t in ts) for d in range(1, ts[0].dim())]
-        ts = [torch.nn.functional.pad(t, [x for d in reversed(range(1, t.dim())) for x in (0, shape[d - 1] - t.shape[d])]) for t in ts]
-        batch[k] = torch.cat(ts, 0)
-    return batch
-
-# %% ../../nbs/44_eval_infer.ipynb #e44ac74d
-class Predictor:
-    "Batched greedy generation and option log-likelihood over a transformers LLaVA(-Next) model and its processor."
-    def __init__(self, model, processor, device=None, system:str | None = None):
-        self.model, self.processor, self.system = model.eval(), processor, system
-        self.device = torch.device(device) if device else next(model.parameters()).device
-        self.model.to(self.device)
-        self.tok = getattr(processor, 'tokenizer', processor)
-        self.pad_id = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
-
-    def encode(self, text:str, images=()) -> dict:
-        "One prompt (task text with `<image>` markers) encoded alone: chat template, image tokens, pixel tensors."
-        n = text.count(IMAGE)
-        if n != len(images): raise ValueError(f'prompt has {n} {IMAGE} markers but {len(images)} images were given')
-        prompt = chat_prompt(self.processor, text, self.system)
-        if images: enc = self.processor(text=[prompt], images=list(images), return_tensors='pt')
-        else: enc = self.tok([prompt], return_tensors='pt', add_special_tokens=False)
-        out = {k: v for k, v in enc.items() if k not in ('attention_mask', 'token_type_ids')}
-        out['input_ids'] = enc['input_ids'][0].tolist()
-        return out
-
-    def _to(self, batch): return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-# %% ../../nbs/44_eval_infer.ipynb #a7d90c7f
-@torch.no_grad()
-def generate(self:Predictor, texts:Sequence[str], images:Sequence | None = None, max_new_tokens:int = 32) -> list[str]:
-    "Greedy continuations of `texts` (each with its list of PIL images), decoded."
-    images = images or [()] * len(texts)
-    batch = self._to(collate([self.encode(t, im) for t, im in zip(texts, images)], self.pad_id))
-    batch.pop('position_ids')
-    out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              pad_token_id=self.pad_id, eos_token_id=self.tok.eos_token_id)
-    new = out[:, batch['input_ids'].shape[1]:]
-    return [s.strip() for s in self.tok.batch_decode(new, skip_special_tokens=True)]
-Predictor.generate = generate
-
-# %% ../../nbs/44_eval_infer.ipynb #cc922545
-@torch.no_grad()
-def loglik(self:Predictor, texts:Sequence[str], options:Sequence[Sequence[str]], images:Sequence | None = None) -> list[list[float]]:
-    "Sum of token log-probabilities of each option of each prompt: `[[logp(option | prompt) for option] for prompt]`."
-    images = images or [()] * len(texts)
-    conts = [[self.tok(o, add_special_tokens=False)['input_ids'] for o in opts] for opts in options]
-    for opts, cs in zip(options, conts):
-        for o, c in zip(opts, cs):
-            if not c: raise ValueError(f'option {o!r} encodes to no tokens')
-    batch = self._to(collate([self.encode(t, im) for t, im in zip(texts, images)], self.pad_id))
-    out = self.model(**batch, use_cache=True, logits_to_keep=1)
-    first = torch.log_softmax(out.logits[:, -1].float(), -1)                  # (B, V): scores each option's first token
-    rep = torch.tensor([b for b, cs in enumerate(conts) for _ in cs], device=self.device)
-    flat = [c for cs in conts for c in cs]                                     # one row per (item, option)
-    scores = [first[b, c[0]].item() for b, c in zip(rep.tolist(), flat)]
-    Lc = max(map(len, flat)) - 1
-    if Lc > 0:                                                                 # the options' remaining tokens, right-padded
-        cache = out.past_key_values; cache.reorder_cache(rep)
-        ids = torch.full((len(flat), Lc), self.pad_id, dtype=torch.long, device=self.device)
-        cmask = torch.zeros_like(ids)
-        for r, c in enumerate(flat): ids[r, :len(c) - 1] = torch.tensor(c[:-1]); cmask[r, :len(c) - 1] = 1
-        pmask = batch['attention_mask'][rep]
-        pos = pmask.sum(-1, keepdim=True) + torch.arange(Lc, device=self.device)[None]
-        logits = self.model(input_ids=ids, attention_mask=torch.cat([pmask, cmask], 1), position_ids=pos,
-                            past_key_values=cache, use_cache=False).logits.float()
-        logp = torch.log_softmax(logits, -1)                                   # (R, Lc, V): position i scores token i+1
-        for r, c in enumerate(flat):
-            if len(c) > 1: scores[r] += logp[r, torch.arange(len(c) - 1), torch.tensor(c[1:])].sum().item()
-    res, i = [], 0
-    for cs in conts: res.append(scores[i:i + len(cs)]); i += len(cs)
-    return res
-Predictor.loglik = loglik
+__all__ = ['run_meta', 'check_resume', 'drop_torn_tail', 'run_task']
 
 # %% ../../nbs/44_eval_infer.ipynb #8aa93e7b
 def run_meta(task:Task, mode:str, model_name:str, max_new_tokens:int) -> dict:
@@ -182,10 +70,3 @@ def run_task(task:Task, items:list[EvalItem], predictor:Predictor, out, mode:str
                     for it, o, s_ in zip(b, opts, sc)]
         n += append_jsonl(out, rows)
     return {'written': n, 'skipped_done': len(items) - len(todo), 'seconds': time.perf_counter() - t0, 'out': str(out)}
-
-# %% ../../nbs/44_eval_infer.ipynb #a9e3819e
-def load_predictor(path_or_preset:str, device=None, dtype=None, system:str | None = None) -> Predictor:
-    "A `Predictor` for a checkpoint/run folder or a model preset name."
-    from pangea_nb.model.build import load_pretrained
-    model, processor = load_pretrained(path_or_preset, device=device, dtype=dtype)
-    return Predictor(model, processor, device=device, system=system)

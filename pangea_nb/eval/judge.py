@@ -117,9 +117,9 @@ def language_rule(response:str, lang:str, rule:str = 'english-reply', lid:str = 
 
 # %% ../../nbs/4c_eval_judge.ipynb #ceb4f4b4
 def load_judge_backend(spec):
-    "A backend for `--judge SPEC` (a spec string or config of `stages.backends.load_backend`; objects are returned as they are)."
+    "A backend for `--judge SPEC` (a spec string or config of `backends.core.load_backend`; objects are returned as they are)."
     if not isinstance(spec, (str, dict, Path)): return spec
-    from pangea_nb.stages.backends import load_backend, BackendError
+    from pangea_nb.backends.core import load_backend, BackendError
     try: return load_backend(spec)
     except BackendError as e: raise ValueError(f'--judge {spec}: {e}') from None     # unreachable or misconfigured: one clear line
 
@@ -139,7 +139,7 @@ def judge_budget(backend, default:int = 1024) -> int:
 
 def judge_replies(backend, prompts:list[str], system:str, max_new_tokens:int = 1024) -> list:
     "The reply text, or an Exception describing the failure, for each prompt asked under `system` (greedy)."
-    from pangea_nb.stages.backends import Prompt
+    from pangea_nb.backends.core import Prompt
     try: replies = backend.generate([Prompt(p, system=system) for p in prompts], max_new_tokens=max_new_tokens, temperature=0.0)
     except Exception as e: return [e] * len(prompts)          # the whole call failed: every prompt is a failed attempt
     if len(replies) != len(prompts): raise RuntimeError(f'backend returned {len(replies)} replies for {len(prompts)} prompts')

@@ -10,7 +10,7 @@ import json, time
 from pathlib import Path
 import pandas as pd
 from ..config import config_hash
-from ..sweep.runner import make_once
+from ..contracts import make_once
 
 # %% auto #0
 __all__ = ['PIXMO_DEFAULTS', 'TRAIN_FAMILIES', 'SCORES', 'pixmo_params', 'template_params', 'ablation_data', 'train_pools',

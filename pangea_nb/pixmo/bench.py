@@ -13,7 +13,7 @@ import numpy as np
 from ..contracts import atomic_open, atomic_write_json, safe_join
 from ..data.schema import Sample, Turn, IMAGE_TOKEN
 from ..languages import normalise_lang, same_language
-from ..stages.translate import TranslateConfig, translate_batch, make_translator, translator_inner, ChatTranslator, _Unit
+from ..curation.translate import TranslateConfig, translate_batch, make_translator, translator_inner, ChatTranslator, _Unit
 from ..eval.tasks import LETTERS
 from ..eval.text_tasks import read_jsonl_records
 

@@ -15,11 +15,11 @@ from ..config import BaseConfig, write_manifest
 from ..contracts import safe_join
 from ..data.schema import IMAGE_TOKEN, Sample, Turn, to_llava
 from ..languages import normalise_lang, lang_name, same_language
-from ..stages.backends import Backend, Prompt, Reply, load_backend
-from ..stages.translate import (TranslateConfig, translate_batch, make_translator, translator_inner, ChatTranslator,
+from ..backends.core import Backend, Prompt, Reply, load_backend
+from ..curation.translate import (TranslateConfig, translate_batch, make_translator, translator_inner, ChatTranslator,
                                         protect, restore, split_segments, join_segments, PH_RE, qc_turn, qc_language, _Unit)
-from ..stages.runner import Ledger, run_units, stage_report, write_report, materialise
-from ..stages.oracle import qc_catch_rates
+from ..curation.runner import Ledger, run_units, stage_report, write_report, materialise
+from ..backends.oracle import qc_catch_rates
 from ..eval.metrics import sentence_chrf
 from .sources import load_pixmo, load_cosyn, write_synthetic_sources, SOURCE_KINDS
 
@@ -356,7 +356,7 @@ def regenerate_cli(config:str,             # RegenerateConfig YAML/JSON
                    json:bool = False):     # print the whole report as JSON
     "Regenerate or translate PixMo-Cap / PixMo-AMA / CoSyn items into the target languages with QC; writes <lang>.jsonl, rejects.jsonl, report.json."
     import json as _json
-    from pangea_nb.stages.translate import summarise
+    from pangea_nb.curation.translate import summarise
     if not out: raise ValueError('--out DIR is required')
     if not Path(config).exists(): raise FileNotFoundError(f'{config}: no such file')
     cfg = RegenerateConfig.load(config)

@@ -10,11 +10,11 @@ import contextlib, copy, itertools, json, math, os, shlex, signal, subprocess, s
 from dataclasses import dataclass, field
 from pathlib import Path
 from ..config import SweepConfig, ConfigError, config_hash, home_path, project_root
-from ..contracts import atomic_write_json, read_results
+from ..contracts import atomic_write_json, read_results, run_lock, make_once, RunBusy, _lock_owner
 
 # %% auto #0
-__all__ = ['SCHEDULING_PARAMS', 'set_path', 'run_slug', 'run_identity', 'RunBusy', 'run_lock', 'make_once', 'RunPlan',
-           'sweep_dir', 'expand_grid', 'RunFailed', 'thread_env', 'execute_run']
+__all__ = ['SCHEDULING_PARAMS', 'set_path', 'run_slug', 'run_identity', 'RunPlan', 'sweep_dir', 'expand_grid', 'RunFailed',
+           'thread_env', 'execute_run']
 
 # %% ../../nbs/50_sweep.ipynb #72266e98
 SCHEDULING_PARAMS = ('OUT_DIR', 'SHARED_DIR', 'THREADS', 'PROGRESS')  # never part of a run's identity
@@ -43,45 +43,6 @@ def run_slug(point:dict) -> str:
 def run_identity(params:dict) -> str:
     "Hash of everything that decides a run's results."
     return config_hash({k: v for k, v in params.items() if k not in SCHEDULING_PARAMS}, n=8)
-
-# %% ../../nbs/50_sweep.ipynb #f3552479
-def _pid_alive(pid:int) -> bool:
-    try: os.kill(pid, 0); return True
-    except ProcessLookupError: return False
-    except PermissionError: return True
-
-def _lock_owner(run_dir:Path) -> dict | None:
-    "The live owner of `run_dir/.lock`, or None (no lock or a stale one)."
-    f = run_dir/'.lock'
-    try: owner = json.loads(f.read_text())
-    except (FileNotFoundError, json.JSONDecodeError): return None
-    if owner.get('host') != os.uname().nodename: return owner   # another machine: trust it
-    return owner if _pid_alive(owner.get('pid', -1)) else None
-
-class RunBusy(RuntimeError):
-    "Another live process holds the folder's lock."
-
-@contextlib.contextmanager
-def run_lock(run_dir:Path):
-    "Claim `run_dir` for this process; raises `RunBusy` if a live process holds it (or takes it at the same moment)."
-    run_dir.mkdir(parents=True, exist_ok=True)
-    f = run_dir/'.lock'
-    owner = _lock_owner(run_dir)
-    if owner is not None: raise RunBusy(f'{run_dir.name} is being run by pid {owner.get("pid")} on {owner.get("host")}')
-    f.unlink(missing_ok=True)  # stale
-    try: fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError: raise RunBusy(f'{run_dir.name} was claimed by another process just now') from None
-    with os.fdopen(fd, 'w') as h: json.dump({'pid': os.getpid(), 'host': os.uname().nodename, 'started': time.time()}, h)
-    try: yield
-    finally: f.unlink(missing_ok=True)
-
-def make_once(folder:Path, is_done, make, poll:float = 5.0):
-    "Call `make()` under `folder`'s lock unless `is_done()`; while another live process holds the lock, wait for it and check again (shared stages, data every run of a sweep reuses)."
-    while not is_done():
-        try:
-            with run_lock(Path(folder)):
-                if not is_done(): make()
-        except RunBusy: time.sleep(poll)
 
 # %% ../../nbs/50_sweep.ipynb #2bd5d564
 @dataclass

@@ -10,7 +10,7 @@ import copy, json, math, os, shutil, time
 from pathlib import Path
 from ..config import RunConfig, ConfigError, config_hash, home_path
 from ..contracts import atomic_write_json, write_results, ResultRow, read_jsonl, save_fig, new_figure
-from .runner import make_once, _lock_owner
+from ..contracts import make_once, _lock_owner
 
 # %% auto #0
 __all__ = ['DEFAULTS', 'H100_BF16_FLOPS', 'GPU_MFU', 'CPU_EFFICIENCY', 'world_pools', 'run_params', 'build_run_config',
@@ -157,7 +157,8 @@ def _metric_name(task:str, mode:str, metric:str) -> str:
 def evaluate(model_dir, p:dict, cfg:RunConfig, run_dir, shared_dir, run_id:str, step=None, progress:bool = False) -> list[ResultRow]:
     "Score the model on every task of the run in every mode; writes predictions/ and samples/; returns result rows."
     from pangea_nb.eval.tasks import get_task, select_items, resolve_images, score_predictions
-    from pangea_nb.eval.infer import load_predictor, run_task
+    from pangea_nb.model.infer import load_predictor
+    from pangea_nb.eval.infer import run_task
     run_dir, rows = Path(run_dir), []
     predictor = load_predictor(str(model_dir))
     for name in cfg.eval.tasks:

@@ -166,7 +166,7 @@ def generate_answers(model, processor, samples:list[Sample], images=None, batch_
                      progress:bool = False) -> list[str]:
     "Greedy replies to single-turn samples (their user turn as the prompt), `images(sample, i)` loading their images."
     from tqdm.auto import tqdm
-    from pangea_nb.eval.infer import Predictor
+    from pangea_nb.model.infer import Predictor
     for s in samples:
         if len(s.turns) != 2 or s.turns[0].role != 'user':
             raise ValueError(f'sample {s.id}: field turns: generate_answers takes single-turn samples (user, assistant), got {len(s.turns)} turns')

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib, json, os
 from pathlib import Path
 from typing import Sequence
-from .backends import Backend, BackendConfig, BackendError, Reply, register_backend
+from .core import Backend, BackendConfig, BackendError, Reply, register_backend
 from ..languages import get_language, base_lang
 
 # %% auto #0
@@ -196,7 +196,7 @@ class _PredictorBackend(Backend):
     def generate(self, prompts, max_new_tokens:int | None = None, temperature:float = 0.0, progress:bool = False, **kw) -> list[Reply]:
         "Greedy replies in prompt order; images are paths or PIL images (decoded with size limits)."
         from tqdm.auto import tqdm
-        from pangea_nb.stages.backends import open_image
+        from pangea_nb.backends.core import open_image
         if temperature: raise ValueError(f'{self.kind}: only greedy decoding (temperature 0) is supported, got temperature={temperature}')
         self.check_prompts(prompts)
         out, n = [None] * len(prompts), max_new_tokens or self.cfg.max_new_tokens
@@ -216,7 +216,7 @@ class _PredictorBackend(Backend):
 
     def loglik(self, prompts, options, **kw) -> list[list[float]]:
         "Option log-likelihoods through the `Predictor` (chat-templated prompt, option as the reply's start)."
-        from pangea_nb.stages.backends import open_image
+        from pangea_nb.backends.core import open_image
         self.check_prompts(prompts)
         if any(p.system for p in prompts): raise ValueError(f'{self.kind}: system texts are not supported in log-likelihood')
         ims = [[open_image(x, self.cfg.max_image_bytes).convert('RGB') for x in p.images] for p in prompts]
@@ -237,7 +237,7 @@ class HFLlava(_PredictorBackend):
     kind, modalities = 'hf-llava', ('text', 'image')
     def __init__(self, cfg:BackendConfig):
         from pangea_nb.model.build import load_pretrained
-        from pangea_nb.eval.infer import Predictor
+        from pangea_nb.model.infer import Predictor
         self.cfg, self.model = cfg, cfg.model
         model, proc = load_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
         self.pred, self.revision = Predictor(model, proc, device=cfg.device), _revision(cfg)
@@ -248,7 +248,7 @@ class HFCausalLM(_PredictorBackend):
     kind = 'hf-causal'
     def __init__(self, cfg:BackendConfig):
         import transformers as T
-        from pangea_nb.eval.infer import Predictor
+        from pangea_nb.model.infer import Predictor
         if not Path(cfg.model).is_dir(): raise FileNotFoundError(f'hf-causal model {cfg.model}: no such folder (nothing is downloaded)')
         self.cfg, self.model = cfg, cfg.model
         tok = T.AutoTokenizer.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json, re
 from collections import Counter
 from pathlib import Path
-from .backends import Backend, BackendConfig, BackendError, Reply, register_backend
+from .core import Backend, BackendConfig, BackendError, Reply, register_backend
 from ..data.schema import read_samples, RecordError
 
 # %% auto #0

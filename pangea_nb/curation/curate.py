@@ -16,7 +16,7 @@ from ..config import BaseConfig, write_manifest, config_hash
 from ..contracts import safe_join, UnsafePathError, atomic_write_json
 from ..data.schema import IMAGE_TOKEN, Sample, Turn, iter_records, to_llava, from_llava, RecordError
 from ..languages import normalise_lang, lang_name, check_language
-from .backends import Backend, Prompt, ReplyCache, CachedBackend, load_backend, open_image
+from ..backends.core import Backend, Prompt, ReplyCache, CachedBackend, load_backend, open_image
 from .runner import Ledger, run_units, stage_report, write_report
 
 # %% auto #0
@@ -367,7 +367,7 @@ def select_balanced(cands:list[dict], target_n:int | None, seed:int = 0, by:str 
 CAPTION_REQUEST = {'en': 'Describe this image in detail.'}
 
 def _lang_ok(text:str, lang:str, cfg) -> tuple[bool, list, dict]:
-    from pangea_nb.stages.translate import repetition
+    from pangea_nb.curation.translate import repetition
     lc = check_language(text, lang, backend=cfg.langid_backend, min_letters=cfg.min_letters_language)
     flags = ['unverified'] if lc.status == 'unverified' and 'does not cover' in lc.reason else []
     ok = lc.status in ('ok', 'unverified') and repetition(text) <= 0.5
@@ -436,7 +436,7 @@ def _backend(spec, cache):
 # %% ../../nbs/75_curate.ipynb #96134753
 def curate_file(path, out_dir, cfg:CurateConfig, scorer:Backend | None = None, vlm:Backend | None = None, progress:bool = True) -> dict:
     "Run the curation stage on an image–alt-text file into `out_dir`; resumable; returns the report."
-    from pangea_nb.stages.runner import materialise
+    from pangea_nb.curation.runner import materialise
     path, out = Path(path), Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     root = Path(cfg.image_root) if cfg.image_root else path.parent
     scorer = scorer or _backend(cfg.backend, out/'cache')
@@ -492,7 +492,7 @@ def curate_cli(input:str,                   # image–alt-text pairs: LAION-styl
                json:bool = False):          # print the whole report as JSON
     "Curate culturally relevant image-text data: filters, dedup, LLM scores, country rule, downsampling, recaptions and QA."
     import json as _json
-    from pangea_nb.stages.translate import summarise
+    from pangea_nb.curation.translate import summarise
     if not out: raise ValueError('--out DIR is required')
     over = {k: v for k, v in dict(backend=backend or None, vlm_backend=vlm_backend or None, image_root=image_root, lang_source=lang_source,
                                   default_lang=default_lang, min_quality=min_quality, target_n=target_n, clip=clip, min_clip=min_clip,

@@ -144,9 +144,9 @@ class BackendConfig(BaseConfig):
 
 # %% ../../nbs/70_backends.ipynb #63d2dca8
 BACKEND_CLASSES: dict = {}          # kind -> class, filled by @register_backend
-BACKEND_MODULES = {'http': 'pangea_nb.stages.backends', 'hf-causal': 'pangea_nb.stages.local',
-                   'hf-mt': 'pangea_nb.stages.local', 'hf-llava': 'pangea_nb.stages.local',
-                   'synthetic-oracle': 'pangea_nb.stages.oracle'}
+BACKEND_MODULES = {'http': 'pangea_nb.backends.core', 'hf-causal': 'pangea_nb.backends.local',
+                   'hf-mt': 'pangea_nb.backends.local', 'hf-llava': 'pangea_nb.backends.local',
+                   'synthetic-oracle': 'pangea_nb.backends.oracle'}
 
 def register_backend(cls):
     "Class decorator: make `cls` constructible by `load_backend` under `cls.kind`."

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import BaseConfig, write_manifest
 from ..data.schema import IMAGE_TOKEN, Sample, Turn, read_samples, to_llava, RecordError
 from ..languages import check_language, get_language, lang_name, normalise_lang, registry, script_counts, dominant_script, same_language, lang_scripts
-from .backends import Backend, Prompt, Reply, ReplyCache, CachedBackend, load_backend, parse_backend_spec
+from ..backends.core import Backend, Prompt, Reply, ReplyCache, CachedBackend, load_backend, parse_backend_spec
 from .runner import Ledger, run_units, stage_report, write_report, materialise
 
 # %% auto #0
@@ -123,7 +123,7 @@ def qc_language(text:str, tgt:str, cfg) -> tuple[list[str], list[str], dict]:
 class TranslateConfig(BaseConfig):
     "How the translation stage runs and what its QC accepts."
     targets: list = field(default_factory=list)    # target languages (any spelling normalise_lang accepts)
-    backend: str | dict = ''                       # backend spec (see stages.backends.parse_backend_spec)
+    backend: str | dict = ''                       # backend spec (see backends.core.parse_backend_spec)
     src: str | None = None                         # source language for records without one (None: reject them)
     lang_source: str | None = None                 # alias table for the records' language codes (e.g. 'pangeains')
     protect: list = field(default_factory=lambda: list(PROTECT_KINDS))  # kinds kept verbatim via placeholders

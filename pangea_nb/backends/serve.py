@@ -10,7 +10,7 @@ import base64, binascii, io, json, os, queue, threading, time, uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from ..data.schema import IMAGE_TOKEN
-from .backends import Backend, BackendConfig, Prompt, Reply, load_backend, open_image
+from .core import Backend, BackendConfig, Prompt, Reply, load_backend, open_image
 
 # %% auto #0
 __all__ = ['ApiError', 'decode_data_uri', 'request_prompt', 'Batcher', 'chat_completion', 'ChatServer', 'serve_model_kind',
