@@ -138,3 +138,15 @@ def test_spec_images_missing_named_and_skipped(tiny_ckpt, tmp_path, capsys):
                       '--skip-missing', capsys=capsys)
     assert code == 0, o
     assert len(read_jsonl(tmp_path / 'p.jsonl')) == 2 and len(read_jsonl(tmp_path / 'p.jsonl.rejects.jsonl')) == 1
+
+
+def test_explorer_notebook_runs_as_is(tmp_path, monkeypatch):
+    "nbs/60_explorer.ipynb executes unedited under papermill (no runs: the bundled example) and its last cell shows the widget."
+    papermill = pytest.importorskip('papermill')
+    monkeypatch.setenv('PANGEA_HOME', str(tmp_path / 'home'))
+    out = tmp_path / 'explorer.ipynb'
+    before = subprocess.run(['git', 'status', '--porcelain'], cwd=REPO, capture_output=True, text=True).stdout
+    papermill.execute_notebook(str(REPO / 'nbs' / '60_explorer.ipynb'), str(out), cwd=str(REPO / 'nbs'), progress_bar=False, kernel_name='python3')
+    last = [c for c in json.loads(out.read_text())['cells'] if c['cell_type'] == 'code'][-1]
+    assert any('application/vnd.jupyter.widget-view+json' in o.get('data', {}) for o in last['outputs']), last['outputs']
+    assert subprocess.run(['git', 'status', '--porcelain'], cwd=REPO, capture_output=True, text=True).stdout == before
