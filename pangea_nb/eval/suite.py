@@ -14,13 +14,14 @@ from typing import Annotated
 import numpy as np
 import yaml
 from ..contracts import ResultRow, read_jsonl, atomic_write_text
-from .tasks import Task, get_task, select_items, resolve_images, LETTERS
+from .tasks import Task, EvalItem, get_task, select_items, resolve_images, LETTERS
+from .stats import lang_intervals, paired_lang_intervals
 from .infer import run_task, context_line
 from .cli import _required, eval_score, published_for
 
 # %% auto #0
 __all__ = ['BUNDLES', 'read_suite_yaml', 'load_suite', 'suite_tasks', 'FewShot', 'few_shot_task', 'loglik_norm_rows',
-           'report_generation', 'run_suite', 'bootstrap_ci', 'paired_diff_ci', 'results_table', 'compare_runs',
+           'report_generation', 'run_suite', 'item_intervals', 'paired_rows', 'results_table', 'compare_runs',
            'report_results', 'report_figure']
 
 # %% ../../nbs/4j_eval_suite.ipynb #33b35758
@@ -145,30 +146,25 @@ def run_suite(tasks:str, data, model, out, images=None, split=None, langs=None, 
     return {'runs': runs, 'results': results, 'table': table}
 
 # %% ../../nbs/4j_eval_suite.ipynb #cc6b4e6c
-def _groups(scores:dict, group:str) -> dict:
-    "{lang: array} of the languages `group` ('en' or 'mul') covers."
-    return {l: np.asarray(v, float) for l, v in scores.items() if (l == 'en') == (group == 'en') and len(v)}
+def _scored(name:str, metric:str, scores:dict) -> tuple:
+    "(a mean-aggregated stand-in task, scored triples) of per-item scores {lang: {id: 0..1}}, as `eval.stats` takes them."
+    t = Task(); t.name, t.metric, t.metrics = name, metric, (metric,)
+    return t, [(EvalItem(i, l, 'test', '', ''), None, {metric: float(v)}) for l, d in sorted(scores.items()) for i, v in sorted(d.items())]
 
-def bootstrap_ci(scores:dict, group:str = 'mul', n_boot:int = 1000, seed:int = 0, level:float = 0.95) -> tuple | None:
-    "95% item-bootstrap interval (percent) of English ('en') or the mean over non-English languages ('mul'); scores {lang: [0..1]}."
-    g = _groups(scores, group)
-    if not g: return None
-    rng = np.random.default_rng(seed)
-    stats = np.mean([[v[rng.integers(0, len(v), len(v))].mean() for v in g.values()] for _ in range(n_boot)], axis=1) * 100
-    return tuple(np.quantile(stats, [(1 - level) / 2, (1 + level) / 2]).round(2).tolist())
+def item_intervals(name:str, metric:str, scores:dict, n_boot:int = 1000) -> dict:
+    "{lang or 'mul': (lo, hi)}: 95% item-bootstrap intervals (percent) of per-item scores {lang: {id: 0..1}}."
+    if not any(scores.values()): return {}
+    rows = lang_intervals(*_scored(name, metric, {l: v for l, v in scores.items() if v}), n_boot=n_boot)
+    return {r['lang']: (round(r['lo'], 2), round(r['hi'], 2)) for r in rows}
 
-def paired_diff_ci(a:dict, b:dict, group:str = 'mul', n_boot:int = 1000, seed:int = 0, level:float = 0.95) -> dict | None:
-    "Paired bootstrap of (A - B) in percent over the items both scored ({lang: {id: 0..1}} each); `claimed` when the interval excludes 0."
+def paired_rows(name:str, metric:str, a:dict, b:dict, n_boot:int = 1000) -> list[dict]:
+    "Paired-bootstrap difference a - b per language and 'mul' over the items both runs scored."
     common = {l: sorted(set(a.get(l, {})) & set(b.get(l, {}))) for l in set(a) | set(b)}
-    common = {l: ids for l, ids in common.items() if ids and (l == 'en') == (group == 'en')}
-    if not common: return None
-    d = {l: np.array([a[l][i] - b[l][i] for i in ids], float) for l, ids in common.items()}
-    rng = np.random.default_rng(seed)
-    stats = np.mean([[v[rng.integers(0, len(v), len(v))].mean() for v in d.values()] for _ in range(n_boot)], axis=1) * 100
-    lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    est = float(np.mean([v.mean() for v in d.values()]) * 100)
-    return {'diff': round(est, 2), 'ci': (round(float(lo), 2), round(float(hi), 2)), 'claimed': bool(lo > 0 or hi < 0),
-            'n': int(sum(map(len, d.values())))}
+    common = {l: ids for l, ids in common.items() if ids}
+    if not common: return []
+    t, sa = _scored(name, metric, {l: {i: a[l][i] for i in ids} for l, ids in common.items()})
+    _, sb = _scored(name, metric, {l: {i: b[l][i] for i in ids} for l, ids in common.items()})
+    return paired_lang_intervals(t, sa, sb, n_boot=n_boot)
 
 # %% ../../nbs/4j_eval_suite.ipynb #68486ab4
 def _item_scores(pred_path) -> dict:
@@ -201,7 +197,8 @@ def results_table(results:list, wide:bool = False):
             mul = [v for l, v in langs.items() if l != 'en']
             low = min(((v, l) for l, v in langs.items() if l != 'en'), default=None)
             head = metric == s['metric']
-            ci = lambda g: bootstrap_ci({l: list(v.values()) for l, v in sc.items()}, g) if head and sc else None
+            cis = item_intervals(d['task'], metric, sc) if head and sc else {}
+            ci = cis.get
             rec = dict(run=run, task=d['task'], metric=metric, mode=d.get('mode') or '-', en=langs.get('en'), en_ci=ci('en'),
                        mul=sum(mul) / len(mul) if mul else None, mul_ci=ci('mul'), n_mul=len(mul),
                        lowest=f'{low[1]} {low[0]:.1f}' if low else None, published=f'{pub[0]}/{pub[1]}' if pub and head else None)
@@ -223,9 +220,10 @@ def compare_runs(items:dict):
     for task, runs in by_task.items():
         base_run, base = runs[0]
         for run, sc in runs[1:]:
-            for g in ('en', 'mul'):
-                r = paired_diff_ci(sc, base, g)
-                if r: rows.append(dict(task=task, group=g, a=run, b=base_run, **r))
+            for r in paired_rows(task, 'correct', sc, base):
+                if r['lang'] in ('en', 'mul'):
+                    rows.append(dict(task=task, group=r['lang'], a=run, b=base_run, diff=round(r['diff'], 2), ci=(round(r['lo'], 2), round(r['hi'], 2)),
+                                     claimed=r['significant'], n=r['n']))
     return pd.DataFrame(rows)
 
 def _fmt_ci(ci): return '-' if ci is None else f'[{ci[0]:.1f}, {ci[1]:.1f}]'
