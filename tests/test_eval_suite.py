@@ -93,6 +93,7 @@ def test_suite_two_tasks_one_command_one_table(releases, tiny_ckpt, tmp_path, ca
     assert {p.name for p in out.glob('*.jsonl')} == {'xcopa.loglik.jsonl', 'xstorycloze.loglik.jsonl'}
     table = o.out[o.out.index('run '):]
     assert 'xcopa' in table and 'xstorycloze' in table and 'loglik_accuracy_norm' in table and 'mul_ci' in table
+    assert 'failure examples' in o.out and (out / 'eval_failures.jsonl').exists()           # read from the per-item logs
     code, o = run_cli(*args, capsys=capsys)                                      # resumable per task
     assert code == 0 and o.out.count('0 predictions (') == 2, o.out
     res = json.loads((out / 'xstorycloze.loglik.results.json').read_text())

@@ -21,8 +21,8 @@ from .cli import _required, eval_score, published_for
 
 # %% auto #0
 __all__ = ['BUNDLES', 'read_suite_yaml', 'load_suite', 'suite_tasks', 'FewShot', 'few_shot_task', 'loglik_norm_rows',
-           'report_generation', 'run_suite', 'item_intervals', 'paired_rows', 'results_table', 'compare_runs',
-           'report_results', 'report_figure']
+           'report_generation', 'run_suite', 'item_intervals', 'paired_rows', 'results_table', 'failure_examples',
+           'compare_runs', 'report_results', 'report_figure']
 
 # %% ../../nbs/4j_eval_suite.ipynb #33b35758
 def read_suite_yaml(path) -> dict:
@@ -211,6 +211,18 @@ def results_table(results:list, wide:bool = False):
         table = table[fixed + sorted(c for c in table.columns if c not in fixed)]
     return table, pd.DataFrame(longs), items
 
+# %% ../../nbs/4j_eval_suite.ipynb #46b5e4dc
+def failure_examples(results:list, k:int = 3) -> list[dict]:
+    "Up to `k` wrong items per results file, from its predictions' per-item log: id, reply, parsed answer, gold, prompt's end."
+    out = []
+    for p in results:
+        d = _read_results(p); f = d.get('predictions')
+        if not f or not Path(f).is_file(): continue
+        wrong = [r for r in read_jsonl(f) if r.get('correct') == 0]
+        out += [dict(task=d['task'], id=r['id'], lang=r.get('lang'), prediction=r.get('prediction'), parsed=r.get('parsed'),
+                     gold=r.get('gold'), prompt_end=str(r.get('prompt', ''))[-160:]) for r in wrong[:k]]
+    return out
+
 # %% ../../nbs/4j_eval_suite.ipynb #52279a69
 def compare_runs(items:dict):
     "Paired differences of each run against the first run of the same task (rows: task, group, runs, diff, ci, claimed)."
@@ -228,7 +240,7 @@ def compare_runs(items:dict):
 
 def _fmt_ci(ci): return '-' if ci is None else f'[{ci[0]:.1f}, {ci[1]:.1f}]'
 
-def report_results(results:list, out=None, wide:bool = False, json_out:bool = False):
+def report_results(results:list, out=None, wide:bool = False, json_out:bool = False, examples:int = 2):
     "Print and write the table (and the paired comparison, and a figure) of results files; returns the table."
     if not results: raise ValueError('eval report: give at least one results file')
     table, long, items = results_table(results, wide)
@@ -238,6 +250,10 @@ def report_results(results:list, out=None, wide:bool = False, json_out:bool = Fa
     comp = compare_runs(items)
     if not comp.empty: atomic_write_text(o/'eval_compare.csv', comp.to_csv(index=False))
     if not long.empty: report_figure(long, o)
+    fails = failure_examples(results, examples)
+    if fails:
+        from pangea_nb.contracts import append_jsonl
+        (o/'eval_failures.jsonl').unlink(missing_ok=True); append_jsonl(o/'eval_failures.jsonl', fails)
     if json_out: print(table.to_json(orient='records', indent=1, force_ascii=False)); return table
     show = table.copy()
     for c in ('en_ci', 'mul_ci'): show[c] = show[c].map(_fmt_ci)
@@ -250,6 +266,9 @@ def report_results(results:list, out=None, wide:bool = False, json_out:bool = Fa
         print('\npaired difference a - b on the same items (95% paired bootstrap; a difference is claimed only when the interval excludes 0):')
         for _, r in comp.iterrows():
             print(f'  {r.task} {r.group}: {r.a} - {r.b} = {r["diff"]:+.1f} {_fmt_ci(r.ci)} n={r.n} -> {"difference" if r.claimed else "no difference shown"}')
+    if fails:
+        print(f'\nfailure examples (all in {o/"eval_failures.jsonl"}; each predictions line has the full prompt):')
+        for e in fails: print(f'  {e["task"]} {e["id"]}: reply {str(e["prediction"])[:60]!r} -> parsed {e["parsed"]!r}, gold {e["gold"]!r}')
     return table
 
 # %% ../../nbs/4j_eval_suite.ipynb #eca7036c
