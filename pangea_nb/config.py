@@ -359,13 +359,13 @@ class EvalConfig(BaseConfig):
     limit: int | None = None                     # items per language, for smoke runs
     mode: str = 'generate'                       # multiple choice by 'generate' + parsing or by option 'loglik'
     batch_size: int = 8                          # predictions do not depend on it (left padding, tested)
-    max_new_tokens: int = 32
+    max_new_tokens: int | None = None            # None = each task's own (xChat 1024, captions 64, ...); a value overrides every task's
     judge: str | None = None                     # backend for judge-scored tasks (xChat, M-LLaVA-Bench)
 
     def validate(self):
         self.check_choice('mode', ('generate', 'loglik'))
         self.check('batch_size', self.batch_size > 0, 'must be > 0')
-        self.check('max_new_tokens', self.max_new_tokens > 0, 'must be > 0')
+        if self.max_new_tokens is not None: self.check('max_new_tokens', self.max_new_tokens > 0, 'must be > 0')
         if self.limit is not None: self.check('limit', self.limit > 0, 'must be > 0')
 
 @dataclass

@@ -67,7 +67,7 @@ def read_jsonl(path, skip_torn_tail=True) -> list[dict]:
 
 # %% ../nbs/00a_contracts.ipynb #87c82ac3
 RATE_METRICS = {  # reported in percent, 0-100
-    'accuracy', 'loglik_accuracy', 'exact_match', 'relaxed_accuracy', 'f1', 'anls', 'judge_score_100',
+    'accuracy', 'loglik_accuracy', 'loglik_accuracy_norm', 'exact_match', 'relaxed_accuracy', 'f1', 'anls', 'judge_score_100',
     'bleu', 'bleu_1', 'bleu_2', 'bleu_3', 'bleu_4', 'chrf', 'rouge_l', 'pass_rate', 'reject_rate', 'padding',
     'circular_accuracy',       # MMBench CircularEval: every rotation of a question right
     'accuracy_plus',           # MME acc+: both questions of an image right

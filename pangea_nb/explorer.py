@@ -14,7 +14,8 @@ from .config import home_path
 from .contracts import read_results, read_jsonl, safe_join
 
 # %% auto #0
-__all__ = ['list_sweeps', 'list_runs', 'run_scores', 'run_samples', 'thumb_uri', 'samples_html', 'compare_runs', 'Explorer']
+__all__ = ['MARKS', 'list_sweeps', 'list_runs', 'run_scores', 'run_samples', 'thumb_uri', 'samples_html', 'compare_runs',
+           'Explorer', 'write_example_runs', 'open_explorer']
 
 # %% ../nbs/60_explorer.ipynb #499ea876
 def list_sweeps(root=None) -> list[str]:
@@ -38,6 +39,10 @@ def run_samples(run_path, task:str) -> pd.DataFrame:
     return pd.DataFrame(read_jsonl(f), columns=cols) if f.exists() else pd.DataFrame(columns=cols)
 
 # %% ../nbs/60_explorer.ipynb #724d215f
+# ✓ and ✗ (U+2713, U+2717) are in the common text fonts (DejaVu, Segoe UI Symbol, Apple Symbols), unlike the emoji
+# ✅/❌ that browsers without an emoji font draw as empty boxes; the word beside them reads without any
+MARKS = {True: '<span style="color:#1a7f37">✓ right</span>', False: '<span style="color:#cf222e">✗ wrong</span>', None: '?'}
+
 def thumb_uri(path, size:int = 96) -> str | None:
     "A small PNG data URI of the image at `path`, or None when it cannot be read."
     try:
@@ -57,7 +62,7 @@ def samples_html(df:pd.DataFrame, run_path, limit:int = 20) -> str:
             try: uri = thumb_uri(safe_join(run_path, p))
             except ValueError: uri = None
             imgs.append(f'<img src="{uri}" style="max-height:96px"/>' if uri else f'<span title="{html.escape(str(p))}">[image unavailable]</span>')
-        ok = {True: '✅', False: '❌'}.get(r.correct, '?')
+        ok = MARKS.get(r.correct, MARKS[None])
         opts = '<br>'.join(html.escape(str(o)) for o in (r.options or []))
         rows.append(f'<tr><td>{"".join(imgs)}</td><td>{html.escape(str(r.question))}<br><small>{opts}</small></td>'
                     f'<td>{html.escape(str(r.answer))}</td><td>{html.escape(str(r.prediction))}</td><td>{ok}</td></tr>')
@@ -130,3 +135,29 @@ class Explorer:
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
+
+# %% ../nbs/60_explorer.ipynb #dd922ad5
+def write_example_runs(root) -> Path:
+    "A tiny example sweep under `root` (two finished runs with scores and per-item samples beside a small image)."
+    from pangea_nb.contracts import write_results
+    root = Path(root)
+    items = [('sw', 'Rangi gani?', 'nyekundu', 'bluu'), ('sw', 'Ngapi?', 'mbili', 'mbili'), ('en', 'Which colour?', 'red', 'red')]
+    for run, good in (('example-a', False), ('example-b', True)):
+        rd = root/'example'/run; (rd/'samples').mkdir(parents=True, exist_ok=True); (rd/'images').mkdir(exist_ok=True)
+        Image.new('RGB', (32, 32), 'red').save(rd/'images'/'scene.png')
+        recs = [dict(id=f'{l}/test/{i}', lang=l, question=q, options=[], answer=a, images=['images/scene.png'],
+                     prediction=a if good else p, parsed=a if good else p, correct=good or a == p) for i, (l, q, a, p) in enumerate(items)]
+        (rd/'samples'/'synthetic.jsonl').write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in recs), encoding='utf-8')
+        by = {l: [r['correct'] for r in recs if r['lang'] == l] for l in ('en', 'sw')}
+        write_results(rd/'metrics.json', [dict(run_id=run, step=0, task='synthetic', lang=l, metric='exact_match',
+                                               value=100.0 * sum(v) / len(v), n=len(v)) for l, v in by.items()])
+    return root
+
+def open_explorer(root=None) -> Explorer:
+    "An `Explorer` on `root` (default `$PANGEA_HOME/runs`, where `make demo` writes), or on a tiny example when it has no finished runs."
+    import tempfile
+    root = Path(root) if root else home_path('runs', mkdir=False)
+    if list_sweeps(root): return Explorer(root)
+    ex = write_example_runs(Path(tempfile.mkdtemp(prefix='pangea-explorer-'))/'runs')
+    print(f'no finished runs under {root}: showing a tiny example (after `make demo`, this opens the demo\'s runs)')
+    return Explorer(ex)

@@ -50,21 +50,30 @@ def plot_proportion_vs_score(df:pd.DataFrame, ax=None, title:str | None = None, 
         if {'lo', 'hi'} <= set(g.columns):
             ax.errorbar(100 * g.proportion, g.value, yerr=[g.value - g.lo, g.hi - g.value], fmt='none',
                         ecolor=LEVEL_COLOURS.get(lvl, 'k'), alpha=0.5, label='_err')
-        for lang, gl in g.sort_values('proportion').groupby('lang'):
-            if len(gl) > 1: ax.plot(100 * gl.proportion, gl.value, color=LEVEL_COLOURS.get(lvl, 'k'), alpha=0.4, lw=1, label='_line')
+        for k, (lang, gl) in enumerate(g.sort_values('proportion').groupby('lang')):   # each language its own marker and dash
+            if len(gl) > 1: ax.plot(100 * gl.proportion, gl.value, color=LEVEL_COLOURS.get(lvl, 'k'), alpha=0.7, lw=1.2,
+                                    marker='osD^vP*X'[k % 8], ms=4, ls=('-', '--', ':', '-.')[k % 4], label='_line')
             r = gl.iloc[-1]                                   # label each language once, at its largest share
             ax.annotate(lang, (100 * r.proportion, r.value), fontsize=8, xytext=(3, 3), textcoords='offset points')
     ax.set_xscale('log'); ax.set_xlabel('share of training samples (%, log scale)'); ax.set_ylabel(ylabel)
+    from matplotlib.ticker import FuncFormatter, NullFormatter, LogLocator
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))                 # 1, 2, 5, 10, 20, 50 ... read as plain numbers
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}')); ax.xaxis.set_minor_formatter(NullFormatter())
     if title: ax.set_title(title)
     ax.legend(loc='best')
     return ax
 
 # %% ../nbs/53_figures.ipynb #c8ecd5da
-def plot_lang_task_heatmap(df:pd.DataFrame, ax=None, value:str = 'value', title:str | None = None, fmt:str = '.0f'):
-    "Heatmap of `value` with languages as rows and tasks as columns (`df`: lang, task, value)."
+def plot_lang_task_heatmap(df:pd.DataFrame, ax=None, value:str = 'value', title:str | None = None, fmt:str = '.0f',
+                           facet:str = 'english_ratio'):   # a column whose values get their own columns (never averaged over)
+    "Heatmap of `value` with languages as rows and tasks (× each `facet` value, e.g. English share) as columns."
     import seaborn as sns
     from pangea_nb.contracts import plot_style
-    piv = df.pivot_table(index='lang', columns='task', values=value, aggfunc='mean')
+    d = df.copy()
+    if facet in d.columns and d[facet].nunique() > 1:               # one column per task and share: mean over seeds only
+        d['task'] = [f'{t}\n{100 * f:g}% en' if facet == 'english_ratio' else f'{t}\n{facet}={f}' for t, f in zip(d.task, d[facet])]
+        d = d.sort_values([facet, 'task'])
+    piv = d.pivot_table(index='lang', columns='task', values=value, aggfunc='mean', sort=False)
     ax = _ax(ax, figsize=(1.2 + 0.9 * piv.shape[1], 0.8 + 0.35 * piv.shape[0]))
     with plot_style(): sns.heatmap(piv, annot=True, fmt=fmt, cmap='viridis', ax=ax, cbar_kws={'label': value})
     ax.set_xlabel('task'); ax.set_ylabel('language')

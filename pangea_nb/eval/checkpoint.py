@@ -101,7 +101,8 @@ def eval_checkpoint(model:str=None,            # HF-format checkpoint folder (e.
                     dtype:str='auto',          # auto | float32 | bfloat16 | float16
                     judge:str=None,            # judge backend for judge-scored tasks
                     language_rule:str=None,    # judge: english-reply | any-mismatch | off (default: the task's)
-                    skip_missing:bool=False):  # skip items whose images are missing (counted)
+                    skip_missing:bool=False,   # skip items whose images are missing (counted)
+                    context_policy:str='truncate-left'):   # prompts over the model's context: truncate-left | skip | off
     "Evaluate a checkpoint on a task in one command: check, predict (resumable), score; results in OUT."
     from pangea_nb.eval.cli import _required, eval_score
     from pangea_nb.eval.tasks import get_task, select_items, resolve_images
@@ -111,7 +112,6 @@ def eval_checkpoint(model:str=None,            # HF-format checkpoint folder (e.
     _required(model=model, task=task, data=data, out=out)
     t = get_task(task)
     if t.judge and not judge: raise ValueError(f'{t.name} is scored by an LLM judge: pass --judge BACKEND')
-    max_new_tokens = max_new_tokens or getattr(t, 'max_new_tokens', 32)
     EvalConfig(mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)        # validates the values
     info = check_checkpoint(model) if Path(model).exists() else {'preset': model}
     dev = resolve_device(device); dt = resolve_dtype(dtype, dev)
@@ -120,12 +120,14 @@ def eval_checkpoint(model:str=None,            # HF-format checkpoint folder (e.
     items = select_items(t, data, split=split, langs=langs, limit=limit)
     items, miss = resolve_images(t, items, images, skip_missing=skip_missing, rejects=f'{pred}.rejects.jsonl')
     run = run_task(t, items, load_predictor(model, device=dev, dtype=dt), pred, mode=mode, batch_size=batch_size,
-                   max_new_tokens=max_new_tokens, model_name=model)
+                   max_new_tokens=max_new_tokens, model_name=model, context_policy=context_policy)   # None: the task's own length
+    from pangea_nb.eval.suite import report_generation
+    report_generation(t.name, run)
     with contextlib.redirect_stdout(io.StringIO()):
         res = eval_score(task=task, data=data, predictions=str(pred), split=split, langs=langs, limit=limit, judge=judge,
                          language_rule=language_rule, out=str(o/f'{t.name}.results.json'))
     atomic_write_json(o/f'{t.name}.manifest.json', {'checkpoint': info, 'task': t.name, 'template': t.template, 'device': dev, 'dtype': str(dt).replace('torch.', ''),
-                                                    'mode': mode, 'batch_size': batch_size, 'max_new_tokens': max_new_tokens, 'limit': limit,
+                                                    'mode': mode, 'batch_size': batch_size, 'generation': run['generation'], 'limit': limit,
                                                     'skipped_missing_images': len(miss), 'run': run, 'machine': device_info(), 'git': git_state()})
     s = res['summary']; f = lambda v: '-' if v is None else f'{v:.1f}'
     print(f'{t.name} {s["metric"]}: en {f(s["en"])} | mul {f(s["mul"])} (non-English mean) | scored {s["scored"]} | missing {s["missing"]} '

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 from ..contracts import read_jsonl, write_results, atomic_write_text, append_jsonl
-from .tasks import get_task, select_items, resolve_images, score_predictions
+from .tasks import get_task, select_items, resolve_images, score_predictions, item_where
 
 # %% auto #0
 __all__ = ['PUBLISHED', 'eval_inspect', 'eval_run', 'check_judge', 'eval_score', 'published_for', 'eval_report', 'predict']
@@ -33,25 +33,30 @@ def eval_inspect(task:str=None,          # benchmark name (xcopa, mgsm, xgqa, ma
     _required(task=task, data=data)
     t = get_task(task)
     counts, missing, dumped, splits = {}, 0, [], [split] if split else list(t.splits)
+    errors, missing_names = [], []
     for s in splits:
         try: items = select_items(t, data, split=s, langs=langs)
-        except FileNotFoundError:
+        except FileNotFoundError as e:
             if split: raise
-            continue
-        if images: items, miss = resolve_images(t, items, images, skip_missing=True); missing += len(miss)
+            errors.append(str(e)); continue
+        if images or getattr(t, 'images_root', None):
+            before = items
+            items, miss = resolve_images(t, items, images, skip_missing=True); missing += len(miss)
+            missing_names += [f'{i}{item_where(before, i)}: {", ".join(m)}' for i, m in miss]
         for it in items: counts.setdefault(it.lang, {}).setdefault(s, 0); counts[it.lang][s] += 1
         dumped += items
-    if not counts: raise FileNotFoundError(f'{task}: no items under {data} (expected layout: {t.doc})')
+    if not counts: raise FileNotFoundError(f'{task}: no items under {data} (expected layout: {t.doc})' + (f'; {"; ".join(errors)}' if errors else ''))
     if dump:
         Path(dump).unlink(missing_ok=True)
         append_jsonl(dump, (it.to_dict() for it in dumped))
     res = {'task': task, 'counts': counts, 'total': sum(sum(v.values()) for v in counts.values()), 'languages': len(counts),
-           'missing_images': missing if images else None, 'skipped_files': getattr(t, 'skipped_files', []), 'doc': t.doc}
+           'missing_images': missing if images or missing else None, 'missing_image_items': missing_names, 'skipped_files': getattr(t, 'skipped_files', []), 'doc': t.doc}
     if json: print(_json.dumps(res, indent=1, ensure_ascii=False)); return res
     cols = sorted({s for v in counts.values() for s in v})
     print(f'{task} ({t.doc})\n' + 'lang  ' + ''.join(f'{c:>10}' for c in cols))
     for l in sorted(counts): print(f'{l:<6}' + ''.join(f'{counts[l].get(c, 0):>10}' for c in cols))
-    print(f'{res["total"]} items in {len(counts)} languages' + (f'; {missing} with missing images' if images else '')
+    for m in missing_names[:20]: print(f'missing image: {m}')
+    print(f'{res["total"]} items in {len(counts)} languages' + (f'; {missing} with missing images (not counted above)' if images or missing else '')
           + (f'; {len(res["skipped_files"])} files skipped: {res["skipped_files"]}' if res['skipped_files'] else ''))
     return res
 
@@ -66,23 +71,36 @@ def eval_run(task:str=None,            # benchmark name
              limit:int=None,           # at most N items per language
              mode:str='generate',      # generate (+ answer parsing) | loglik (multiple choice by option log-likelihood)
              batch_size:int=8,         # predictions do not depend on it
-             max_new_tokens:int=32,    # generation length
+             max_new_tokens:int=None,  # generation length (default: the task's own; a value overrides it, and the run says so)
              skip_missing:bool=False,  # skip items whose images are missing (counted, written to OUT.rejects.jsonl)
-             device:str=None):         # cpu, cuda, cuda:1 ... (default: the model's)
+             device:str=None,          # cpu, cuda, cuda:1 ... (default: the model's)
+             stop:Annotated[str, {'nargs': '*'}]=None,   # stop strings (default: the task's own; `\n` for a newline)
+             temperature:float=None,   # > 0 samples (default: the task's own, 0 = greedy)
+             context_policy:str='truncate-left',   # prompts over the model's context: truncate-left | skip | off
+             shots:int=None,           # few-shot examples per prompt (text tasks; default: the task's own, 0)
+             tasks:str=None):          # a suite: comma-separated tasks or a bundle name; then --data is SUITE.yaml and --out a folder
     "Predict a benchmark with a model into a JSONL file of {id, prediction, scores?}; resumes an interrupted run."
+    if tasks:                                   # eval.suite builds on this module: imported here, not at the top
+        from pangea_nb.eval.suite import run_suite
+        return run_suite(tasks, data, model, out, images=images, split=split, langs=langs, limit=limit, mode=mode, batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, skip_missing=skip_missing, device=device, stop=stop, temperature=temperature,
+                         context_policy=context_policy, shots=shots)
     _required(task=task, data=data, model=model, out=out)
     from pangea_nb.config import EvalConfig
     EvalConfig(mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)       # validates the values
     from pangea_nb.model.infer import load_predictor
     from pangea_nb.eval.infer import run_task
-    t = get_task(task)
+    from pangea_nb.eval.suite import few_shot_task, report_generation
+    t = few_shot_task(get_task(task), data, shots, split=split)
     if mode == 'loglik' and not t.multiple_choice: raise ValueError(f'{task} is not multiple choice: use --mode generate')
     items = select_items(t, data, split=split, langs=langs, limit=limit)
     items, miss = resolve_images(t, items, images, skip_missing=skip_missing, rejects=f'{out}.rejects.jsonl')
     if miss: print(f'skipped {len(miss)} items with missing images (listed in {out}.rejects.jsonl)')
     r = run_task(t, items, load_predictor(model, device=device), out, mode=mode, batch_size=batch_size,
-                 max_new_tokens=max_new_tokens, model_name=model)
+                 max_new_tokens=max_new_tokens, model_name=model, context_policy=context_policy,
+                 gen={'stop': [x.replace('\\n', '\n') for x in stop] if stop else None, 'temperature': temperature})
     r['skipped_missing_images'] = len(miss)
+    report_generation(t.name, r)
     print(f'{task}: wrote {r["written"]} predictions ({r["skipped_done"]} already done) to {out} in {r["seconds"]:.1f} s')
     return r
 
@@ -118,6 +136,8 @@ def eval_score(task:str=None,          # benchmark name
     if language_rule and not judge: raise ValueError('--language-rule applies to judge-scored tasks (with --judge)')
     if judge: t.attach_judge(judge, items, preds, cache=predictions + '.judge.jsonl', **({'language_rule': language_rule} if language_rule else {}))
     res = score_predictions(t, items, preds, run_id=run_id or Path(predictions).stem, step=step)
+    from pangea_nb.eval.suite import loglik_norm_rows    # eval.suite builds on this module: imported here, not at the top
+    res['results'] += loglik_norm_rows(t, items, predictions, run_id=run_id or Path(predictions).stem, step=step)
     if judge: res.update(t.judge_report())      # judge identity, rule, failures (never filled with a score)
     res.update(model=meta.get('model'), mode=meta.get('mode'), predictions=str(predictions),
                selection={'split': split or t.default_split, 'langs': langs, 'limit': limit})
@@ -143,44 +163,14 @@ def published_for(model) -> dict:
     key = Path(str(model or '')).name.lower()
     return PUBLISHED.get(key, {})
 
-def eval_report(results:Annotated[str, {'nargs': '+'}],   # results JSON files written by `pangea eval score --out`
-                out:str=None,                            # folder for the table (CSV) and figures (default: figures/)
+def eval_report(results:Annotated[str, {'nargs': '+'}],   # results JSON files written by `pangea eval score --out` (or a suite's DIR/*.results.json)
+                out:str=None,                            # folder for the table (CSV) and figure (default: beside the first results file)
+                wide:bool=False,                         # one column per language
                 json:bool=False):                        # print the table as JSON
-    "Table and per-language figure of results files, English vs multilingual average, against published numbers."
-    import pandas as pd
-    recs = []
-    for p in results:
-        d = _json.loads(Path(p).read_text(encoding='utf-8'))
-        if 'summary' not in d or 'results' not in d: raise ValueError(f'{p}: not a results file of `pangea eval score --out`')
-        s, pub = d['summary'], published_for(d.get('model')).get(d['task'])
-        for r in d['results']:
-            if r['metric'] == s['metric']: recs.append(dict(run=r['run_id'], model=d.get('model'), task=d['task'], lang=r['lang'], value=r['value'], n=r['n']))
-        recs.append(dict(run=d['results'][0]['run_id'] if d['results'] else Path(p).stem, model=d.get('model'), task=d['task'], lang='en|mul',
-                         value=None, n=s['missing'], en=s['en'], mul=s['mul'], pub_en=pub[0] if pub else None, pub_mul=pub[1] if pub else None))
-    df = pd.DataFrame(recs)
-    per_lang = df[df.lang != 'en|mul'].pivot_table(index=['run', 'task'], columns='lang', values='value')
-    summ = df[df.lang == 'en|mul'].set_index(['run', 'task'])[['en', 'mul', 'pub_en', 'pub_mul']].rename(columns={'en': 'EN', 'mul': 'MUL'})
-    table = per_lang.drop(columns=['mul'], errors='ignore').join(summ)
-    out_dir = Path(out) if out else None
-    _report_figure(df[(df.lang != 'en|mul') & (df.lang != 'mul')], out_dir)
-    if out_dir: out_dir.mkdir(parents=True, exist_ok=True); atomic_write_text(out_dir/'eval_report.csv', table.to_csv())
-    if json: print(table.reset_index().to_json(orient='records', indent=1, force_ascii=False))
-    else:
-        print(table.round(1).to_string())
-        print('EN = English; MUL = mean over the non-English languages (English excluded, as in the Pangea paper); '
-              'pub_* = published numbers of the model the run names.')
-    return table
+    "One table of results files: metric and mode named, English and multilingual mean with intervals, paired differences between runs."
+    from pangea_nb.eval.suite import report_results      # eval.suite builds on this module: imported here, not at the top
+    return report_results(list(results), out=out, wide=wide, json_out=json)
 
-def _report_figure(df, out_dir):
-    from pangea_nb.contracts import new_figure, save_fig
-    import matplotlib.pyplot as plt
-    tasks = sorted(df.task.unique())
-    fig, axes = new_figure(len(tasks), 1, figsize=(7, 2.6 * len(tasks)), squeeze=False)
-    for ax, task in zip(axes[:, 0], tasks):
-        sub = df[df.task == task].pivot_table(index='lang', columns='run', values='value')
-        sub.plot.bar(ax=ax, rot=0); ax.set_title(task); ax.set_ylabel('score'); ax.set_xlabel('')
-    paths = save_fig(fig, 'eval_report', data=df, out_dir=out_dir); plt.close(fig)
-    return paths
 
 # %% ../../nbs/45_eval_cli.ipynb #4eaefa97
 def predict(model:str=None,                                 # checkpoint folder or model preset

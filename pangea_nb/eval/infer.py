@@ -6,7 +6,7 @@ Docs: https://pangea-nb.github.io/pangea_nb/eval_infer.html.md"""
 
 # %% ../../nbs/44_eval_infer.ipynb #76cf676c
 from __future__ import annotations
-import json, time
+import dataclasses, json, time
 import jinja2
 from pathlib import Path
 from typing import Sequence
@@ -14,16 +14,105 @@ from typing import Sequence
 import torch
 from ..contracts import append_jsonl, read_jsonl, atomic_write_json
 from .tasks import Task, EvalItem
-from ..model.infer import Predictor, load_images
+from ..model.infer import Predictor, load_images, chat_prompt
 
 # %% auto #0
-__all__ = ['run_meta', 'check_resume', 'drop_torn_tail', 'run_task']
+__all__ = ['GEN_DEFAULTS', 'CONTEXT_POLICIES', 'generation_settings', 'cut_at_stop', 'model_context', 'prompt_tokens',
+           'truncate_context', 'fit_context', 'context_line', 'item_log', 'run_meta', 'check_resume', 'drop_torn_tail',
+           'run_task']
+
+# %% ../../nbs/44_eval_infer.ipynb #dbdb2cdf
+GEN_DEFAULTS = {'max_new_tokens': 32, 'stop': (), 'temperature': 0.0, 'top_p': 1.0, 'seed': 0}
+
+def generation_settings(task:Task, **override) -> tuple[dict, dict]:
+    "The task's decoding settings with `override` (values not None) on top; and {setting: (task's, given)} for those changed."
+    own = {k: getattr(task, k, v) for k, v in GEN_DEFAULTS.items()}
+    given = {k: v for k, v in override.items() if v is not None}
+    bad = sorted(set(given) - set(GEN_DEFAULTS))
+    if bad: raise ValueError(f'unknown generation setting(s) {bad}; known: {list(GEN_DEFAULTS)}')
+    s = {**own, **given}
+    s['stop'] = [s['stop']] if isinstance(s['stop'], str) else list(s['stop'] or ())
+    own['stop'] = list(own['stop'] or ())
+    if not (isinstance(s['max_new_tokens'], int) and s['max_new_tokens'] > 0):
+        raise ValueError(f'{task.name}: max_new_tokens must be a positive integer, got {s["max_new_tokens"]!r}')
+    if s['temperature'] < 0: raise ValueError(f'{task.name}: temperature must be >= 0, got {s["temperature"]}')
+    return s, {k: (own[k], s[k]) for k in given if own[k] != s[k]}
+
+def cut_at_stop(text:str, stop) -> str:
+    "`text` up to the first of the `stop` strings."
+    cut = min((i for i in (text.find(x) for x in stop or () if x) if i >= 0), default=len(text))
+    return text[:cut].strip()
+
+# %% ../../nbs/44_eval_infer.ipynb #a1fa48ab
+CONTEXT_POLICIES = ('truncate-left', 'skip', 'off')
+
+def model_context(predictor) -> int | None:
+    "The model's context in tokens (`max_position_embeddings` of its text config), or None when unknown."
+    cfg = getattr(getattr(predictor, 'model', None), 'config', None)
+    n = getattr(getattr(cfg, 'text_config', None) or cfg, 'max_position_embeddings', None)
+    return int(n) if n else None
+
+def prompt_tokens(task:Task, item:EvalItem, predictor) -> int:
+    "Tokens of the item's prompt as the model reads it: chat template and image tokens included."
+    return len(predictor.encode(task.prompt(item), load_images(item.image_paths))['input_ids'])
+
+def truncate_context(task:Task, item:EvalItem, predictor, budget:int) -> EvalItem | None:
+    "A copy of `item` whose passage lost its first tokens so the prompt fits `budget`; None when that cannot work."
+    if not item.context or not getattr(task, 'truncate_context', True): return None
+    ids, cut = predictor.tok(item.context, add_special_tokens=False)['input_ids'], 0
+    for _ in range(4):                               # re-tokenising at the cut can differ by a few tokens
+        new = dataclasses.replace(item, context=predictor.tok.decode(ids[cut:]).lstrip(), meta={**item.meta, 'truncated_tokens': cut})
+        over = prompt_tokens(task, new, predictor) - budget
+        if over <= 0: return new
+        cut += over
+        if cut >= len(ids): return None
+    return None
+
+# %% ../../nbs/44_eval_infer.ipynb #56647434
+def fit_context(task:Task, items:list[EvalItem], predictor, max_new_tokens:int, policy:str = 'truncate-left',
+                context:int | None = None) -> tuple[list, dict]:
+    "Items whose prompt plus reply budget fit the model's context under `policy`, and a report of those that did not."
+    if policy not in CONTEXT_POLICIES: raise ValueError(f'--context-policy must be one of {list(CONTEXT_POLICIES)}, got {policy!r}')
+    limit = context or model_context(predictor)
+    rep = {'context': limit, 'policy': policy, 'checked': 0, 'over': {}, 'truncated': {}, 'skipped': []}
+    if policy == 'off' or not limit or not hasattr(predictor, 'encode'): return items, rep
+    budget = limit - max_new_tokens
+    if budget < 1: raise ValueError(f'{task.name}: max_new_tokens {max_new_tokens} leaves no room in the model context of {limit} tokens')
+    kept = []
+    for it in items:
+        n = prompt_tokens(task, it, predictor); rep['checked'] += 1
+        if n <= budget: kept.append(it); continue
+        rep['over'][it.lang] = rep['over'].get(it.lang, 0) + 1
+        new = truncate_context(task, it, predictor, budget) if policy == 'truncate-left' else None
+        if new is None: rep['skipped'].append({'id': it.id, 'lang': it.lang, 'tokens': n, 'reason': f'prompt of {n} tokens + {max_new_tokens} to generate exceeds the context of {limit}'})
+        else: rep['truncated'][it.lang] = rep['truncated'].get(it.lang, 0) + 1; kept.append(new)
+    return kept, rep
+
+def context_line(task_name:str, rep:dict) -> str | None:
+    "One line saying how many prompts exceeded the context, per language, and what the policy did; None if none did."
+    if not rep['over']: return None
+    per = ', '.join(f'{l} {n}' for l, n in sorted(rep['over'].items()))
+    return (f'{task_name}: {sum(rep["over"].values())} of {rep["checked"]} prompts exceed the context of {rep["context"]} tokens '
+            f'with the reply budget ({per}); policy {rep["policy"]}: {sum(rep["truncated"].values())} passages truncated from the left, '
+            f'{len(rep["skipped"])} items skipped')
+
+# %% ../../nbs/44_eval_infer.ipynb #22238ea8
+def item_log(task:Task, item:EvalItem, row:dict, predictor, text:str) -> dict:
+    "The prediction line of one item: its reply plus what a reader needs beside it (prompt, parsed, gold, correct)."
+    try: parsed = task.parse(row['prediction'], item)
+    except Exception: parsed = None                        # a judge-scored task parses at scoring time
+    correct = None if getattr(task, 'judge', False) else task.score_item(parsed, item).get(task.metric)
+    proc = getattr(predictor, 'processor', None)
+    prompt = chat_prompt(proc, text, getattr(predictor, 'system', None)) if proc is not None else text
+    extra = {'truncated_tokens': item.meta['truncated_tokens']} if 'truncated_tokens' in item.meta else {}
+    return {**row, 'lang': item.lang, 'prompt': prompt, 'parsed': parsed, 'gold': item.answer, 'correct': correct, **extra}
 
 # %% ../../nbs/44_eval_infer.ipynb #8aa93e7b
-def run_meta(task:Task, mode:str, model_name:str, max_new_tokens:int) -> dict:
-    "What identifies a predictions file: task, mode, model, prompt template, decoding length."
+def run_meta(task:Task, mode:str, model_name:str, max_new_tokens:int, gen:dict | None = None, context_policy:str | None = None) -> dict:
+    "What identifies a predictions file: task, mode, model, prompt template, decoding settings, context policy."
     return {'task': task.name, 'mode': mode, 'model': str(model_name), 'template': task.template,
-            'max_new_tokens': max_new_tokens if mode == 'generate' else None}
+            'max_new_tokens': max_new_tokens if mode == 'generate' else None,
+            'generation': gen if mode == 'generate' else None, 'context_policy': context_policy}
 
 def check_resume(out:Path, meta:dict) -> set:
     "Ids already in `out`; refuses a file made with different settings (its `.meta.json`)."
@@ -49,24 +138,35 @@ def drop_torn_tail(path:Path) -> int:
 
 # %% ../../nbs/44_eval_infer.ipynb #e81b6ebb
 def run_task(task:Task, items:list[EvalItem], predictor:Predictor, out, mode:str = 'generate', batch_size:int = 8,
-             max_new_tokens:int = 32, model_name:str = '', progress:bool = True) -> dict:
+             max_new_tokens:int | None = None,   # None: the task's own (an explicit value overrides it)
+             model_name:str = '', progress:bool = True,
+             gen:dict | None = None,             # other generation overrides: stop, temperature, top_p, seed
+             context_policy:str = 'truncate-left') -> dict:
     "Predict `items` into the JSONL file `out`, resuming after the ids already there; returns counts."
     from tqdm.auto import tqdm
     if mode not in ('generate', 'loglik'): raise ValueError(f'--mode must be generate or loglik, got {mode!r}')
     if mode == 'loglik' and not task.multiple_choice: raise ValueError(f'{task.name} is not multiple choice: use --mode generate')
     if batch_size < 1: raise ValueError('--batch-size must be >= 1')
-    out = Path(out); done = check_resume(out, run_meta(task, mode, model_name, max_new_tokens))
-    todo = sorted((it for it in items if it.id not in done), key=lambda it: -len(task.prompt(it)))  # longest first: less padding
+    g, changed = generation_settings(task, **{**(gen or {}), 'max_new_tokens': max_new_tokens})
+    out = Path(out); done = check_resume(out, run_meta(task, mode, model_name, g['max_new_tokens'], g, context_policy))
+    todo, ctx = fit_context(task, [it for it in items if it.id not in done], predictor, g['max_new_tokens'] if mode == 'generate' else 0, context_policy)
+    if ctx['skipped']: append_jsonl(str(out) + '.rejects.jsonl', ctx['skipped'])
+    todo = sorted(todo, key=lambda it: -len(task.prompt(it)))  # longest first: less padding
     t0, n = time.perf_counter(), 0
     for s in tqdm(range(0, len(todo), batch_size), desc=f'{task.name} {mode}', disable=not progress or not todo):
         b = todo[s:s + batch_size]
         texts, ims = [task.prompt(it) for it in b], [load_images(it.image_paths) for it in b]
         if mode == 'generate':
-            rows = [{'id': it.id, 'prediction': p} for it, p in zip(b, predictor.generate(texts, ims, max_new_tokens))]
+            sample = dict(temperature=g['temperature'], top_p=g['top_p'], seed=g['seed'] + s) if g['temperature'] > 0 else {}
+            raw = predictor.generate(texts, ims, g['max_new_tokens'], **sample)
+            rows = [{'id': it.id, 'prediction': cut_at_stop(r, g['stop']), **({'raw': r} if cut_at_stop(r, g['stop']) != r.strip() else {})}
+                    for it, r in zip(b, raw)]
         else:
             opts = [task.choices(it) for it in b]
             sc = predictor.loglik(texts, opts, ims)
-            rows = [{'id': it.id, 'prediction': o[max(range(len(o)), key=s_.__getitem__)], 'scores': dict(zip(o, s_))}
+            rows = [{'id': it.id, 'prediction': o[max(range(len(o)), key=s_.__getitem__)], 'scores': dict(zip(o, s_)),
+                     'prediction_norm': o[max(range(len(o)), key=lambda i: s_[i] / max(len(o[i]), 1))]}
                     for it, o, s_ in zip(b, opts, sc)]
-        n += append_jsonl(out, rows)
-    return {'written': n, 'skipped_done': len(items) - len(todo), 'seconds': time.perf_counter() - t0, 'out': str(out)}
+        n += append_jsonl(out, [item_log(task, it, r, predictor, t) for it, r, t in zip(b, rows, texts)])
+    return {'written': n, 'skipped_done': len(done & {it.id for it in items}), 'seconds': time.perf_counter() - t0, 'out': str(out),
+            'generation': g if mode == 'generate' else None, 'overridden': changed if mode == 'generate' else {}, 'context': ctx}

@@ -17,7 +17,7 @@ from .metrics import normalise_text, mean_percent
 
 # %% auto #0
 __all__ = ['LETTERS', 'TASKS', 'TASK_MODULES', 'EvalItem', 'make_id', 'parse_choice', 'Task', 'register_task', 'get_task',
-           'select_items', 'resolve_images', 'score_predictions']
+           'select_items', 'resolve_images', 'item_where', 'score_predictions']
 
 # %% ../../nbs/41_eval_tasks.ipynb #c7aaf53f
 @dataclass
@@ -159,12 +159,17 @@ def resolve_images(task:Task, items:list[EvalItem], images=None, skip_missing:bo
         if miss: missing.append((it.id, miss)); continue
         it.image_paths = paths; kept.append(it)
     if missing and not skip_missing:
-        show = '; '.join(f'{i}: {", ".join(m)}' for i, m in missing[:20])
+        show = '; '.join(f'{i}{item_where(items, i)}: {", ".join(m)}' for i, m in missing[:20])
         raise FileNotFoundError(f'{task.name}: {len(missing)} of {len(items)} items have missing images under {root} '
                                 f'(e.g. tried {task.image_candidates(items[0], items[0].images[0])[:3]}): {show}'
                                 + (' ...' if len(missing) > 20 else '') + '. Use --skip-missing to skip them.')
     if missing and rejects: append_jsonl(rejects, ({'id': i, 'reason': 'missing image', 'field': 'images', 'missing': m} for i, m in missing))
     return kept, missing
+
+def item_where(items, id_) -> str:
+    "Where item `id_` comes from (file and row), when its loader recorded it."
+    m = next((it.meta for it in items if it.id == id_), {})
+    return f' ({Path(str(m["source"])).name} row {m["row"] + 1})' if 'source' in m and 'row' in m else ''
 
 def _find_image(task, item, root, name):
     for rel in task.image_candidates(item, name):

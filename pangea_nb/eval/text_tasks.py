@@ -56,6 +56,7 @@ class MGSM(Task):
     Layout (https://github.com/google-research/url-nlp/tree/main/mgsm): `mgsm_{lang}.tsv`, no header, `question<TAB>answer`,
     read with csv.QUOTE_NONE; the folder may be the repository root (files under `mgsm/`) or `mgsm/` itself."""
     name, metric, metrics = 'mgsm', 'accuracy', ('accuracy',)
+    max_new_tokens = 256        # room for the step-by-step answer the prompt asks for (lm-evaluation-harness' default budget)
     splits, default_split = ('test',), 'test'
     doc = 'https://github.com/google-research/url-nlp/tree/main/mgsm'
     template = '{question}\nSolve the problem step by step, then write "The answer is" followed by the number.'
@@ -145,6 +146,7 @@ class TyDiQA(Task):
     PangeaBench uses), or the official combined `tydiqa-goldp-v1.1-{split}.json`
     (https://github.com/google-research-datasets/tydiqa, "Gold Passage task"), whose ids start with the language name."""
     name, metric, metrics = 'tydiqa', 'f1', ('f1', 'exact_match')
+    stop = ('\n',)             # a span: the first line
     splits, default_split = ('dev', 'train'), 'dev'
     doc = 'https://github.com/google-research-datasets/tydiqa'
     template = 'Context: {context}\nQuestion: {question}\nAnswer with a short span copied from the context.\nAnswer:'
@@ -181,6 +183,8 @@ class Flores(Task):
     {dev,devtest}/{iso639-3}_{Script}.{split}` (FLORES-101: `flores101_dataset/{dev,devtest}/{iso639-3}.{split}`), one
     sentence per line; the folder may be the release root or the `flores200_dataset` folder itself."""
     name, metric, metrics = 'flores', 'chrf', ('chrf', 'bleu')
+    max_new_tokens, stop = 256, ('\n',)   # a whole sentence, one line
+    truncate_context = False    # the context is the sentence to translate: never cut it
     splits, default_split = ('dev', 'devtest'), 'devtest'
     doc = 'https://github.com/facebookresearch/flores/blob/main/flores200/README.md'
     direction = 'en-xx'

@@ -84,12 +84,20 @@ class Predictor:
 
 # %% ../../nbs/23_infer.ipynb #a7d90c7f
 @torch.no_grad()
-def generate(self:Predictor, texts:Sequence[str], images:Sequence | None = None, max_new_tokens:int = 32) -> list[str]:
-    "Greedy continuations of `texts` (each with its list of PIL images), decoded."
+def generate(self:Predictor, texts:Sequence[str], images:Sequence | None = None, max_new_tokens:int = 32,
+             temperature:float = 0.0,   # 0: greedy (the default); > 0: sampling at this temperature
+             top_p:float = 1.0,         # nucleus sampling mass (sampling only)
+             seed:int | None = None     # sampling seed (sampled replies depend on it and on the batch)
+             ) -> list[str]:
+    "Greedy (or, with `temperature` > 0, sampled) continuations of `texts` (each with its list of PIL images), decoded."
     images = images or [()] * len(texts)
     batch = self._to(collate([self.encode(t, im) for t, im in zip(texts, images)], self.pad_id))
     batch.pop('position_ids')
-    out = self.model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+    decode = dict(do_sample=False)
+    if temperature > 0:
+        torch.manual_seed(0 if seed is None else seed)
+        decode = dict(do_sample=True, temperature=temperature, top_p=top_p)
+    out = self.model.generate(**batch, max_new_tokens=max_new_tokens, num_beams=1, **decode,
                               pad_token_id=self.pad_id, eos_token_id=self.tok.eos_token_id)
     new = out[:, batch['input_ids'].shape[1]:]
     return [s.strip() for s in self.tok.batch_decode(new, skip_special_tokens=True)]

@@ -117,7 +117,8 @@ def plot_pixmo_ablation(s:pd.DataFrame, ax=None, mode:str = 'generate', title:st
     for k, (arm, label, c) in enumerate((('en', 'English-only', '#1f77b4'), ('all', 'multilingual', '#d62728'))):
         g = d[d.train_langs == arm].set_index('lang').reindex(langs)
         ax.bar(x + (k - 0.5) * 0.38, g['mean'], 0.38, color=c, label=label,
-               yerr=[(g['mean'] - g['lo']).fillna(0).clip(lower=0), (g['hi'] - g['mean']).fillna(0).clip(lower=0)], capsize=3)
+               yerr=[(g['mean'] - g['lo'].clip(lower=0)).fillna(0).clip(lower=0),   # a rate's interval drawn inside 0-100%
+                      (g['hi'].clip(upper=100) - g['mean']).fillna(0).clip(lower=0)], capsize=3)
     ax.set_xticks(x); ax.set_xticklabels(langs); ax.set_xlabel('evaluation language')
     ax.set_ylabel(f'{SCORES[mode][0]} (%), mean over tasks'); ax.legend(loc='best')
     if title: ax.set_title(title)

@@ -249,13 +249,15 @@ def proof_cli(out:str = '',                # run folder (default $PANGEA_HOME/ru
     cfg = proof_config(out or None, nproc)
     path = cfg.save(Path(cfg.out_path)/'proof.yaml')
     t0 = time.time()
-    code = train_cli(str(path), nproc=nproc, no_progress=True)
+    print(f'learning proof: stages 0-2 of the tiny preset in {nproc} process(es) -> {cfg.out_path} (a few minutes on 2 cores)', flush=True)
+    code = train_cli(str(path), nproc=nproc)                  # rank 0 shows each stage's progress bar
     if code: return code
     train_s = time.time() - t0
     torch.set_num_threads(threads)
     model, proc = load_pretrained(cfg.out_path)
     last = cfg.stage_configs()[-1]
-    rows, recs = synth_scores(model, proc, synth_samples(last, 'train'), synth_samples(last, 'test', n_test), run_id=cfg.name)
+    print(f'trained in {train_s:.0f} s; scoring {n_test} held-out samples', flush=True)
+    rows, recs = synth_scores(model, proc, synth_samples(last, 'train'), synth_samples(last, 'test', n_test), run_id=cfg.name, progress=True)
     summary = {r.task: round(r.value, 1) for r in rows if r.lang == 'all'}
     summary.update(train_seconds=round(train_s, 1), eval_seconds=round(time.time() - t0 - train_s, 1), n_test=len(recs),
                    per_lang={r.lang: round(r.value, 1) for r in rows if r.task == 'synthetic' and r.lang != 'all'})
