@@ -13,8 +13,8 @@ from ..data.schema import IMAGE_TOKEN
 from .core import Backend, BackendConfig, Prompt, Reply, load_backend, open_image
 
 # %% auto #0
-__all__ = ['ApiError', 'decode_data_uri', 'request_prompt', 'Batcher', 'chat_completion', 'ChatServer', 'serve_model_kind',
-           'serve_cmd']
+__all__ = ['ApiError', 'decode_data_uri', 'request_prompt', 'Batcher', 'chat_completion', 'prompt_logprobs', 'completion_ids',
+           'completion', 'ChatServer', 'serve_model_kind', 'serve_cmd']
 
 # %% ../../nbs/72_serve.ipynb #48ffebd2
 class ApiError(Exception):
@@ -55,7 +55,8 @@ def request_prompt(body:dict, max_image_bytes:int = 20_000_000) -> Prompt:
 
 # %% ../../nbs/72_serve.ipynb #36531886
 class _Job:
-    def __init__(self, prompt, max_tokens): self.prompt, self.max_tokens, self.done, self.reply = prompt, max_tokens, threading.Event(), None
+    def __init__(self, prompt, max_tokens, fn=None):
+        self.prompt, self.max_tokens, self.fn, self.done, self.reply = prompt, max_tokens, fn, threading.Event(), None
 
 class Batcher:
     "One model thread serving queued generation jobs in dynamic batches."
@@ -69,6 +70,13 @@ class Batcher:
         if not job.done.wait(timeout): raise ApiError(504, f'no reply within {timeout:.0f} s', 'timeout')
         return job.reply
 
+    def call(self, fn, timeout:float):
+        "Run `fn()` on the model thread (between batches, so the model is never used by two threads) and return its value."
+        job = _Job(None, None, fn); self.q.put(job)
+        if not job.done.wait(timeout): raise ApiError(504, f'no reply within {timeout:.0f} s', 'timeout')
+        if isinstance(job.reply, Exception): raise job.reply
+        return job.reply
+
     def _loop(self):
         while True:
             jobs = [self.q.get()]
@@ -79,6 +87,12 @@ class Batcher:
                 except queue.Empty: break
                 if j is None: self.q.put(None); break
                 jobs.append(j)
+            for j in [j for j in jobs if j.fn is not None]:
+                try: j.reply = j.fn()
+                except Exception as e: j.reply = e
+                j.done.set()
+            jobs = [j for j in jobs if j.fn is None]
+            if not jobs: continue
             self.batches.append(len(jobs))
             for mt in dict.fromkeys(j.max_tokens for j in jobs):
                 group = [j for j in jobs if j.max_tokens == mt]
@@ -120,6 +134,48 @@ def chat_completion(server, body:dict) -> dict:
                       'total_tokens': _tokens(server.backend, prompt.text) + n_out},
             'system_fingerprint': server.fingerprint}
 
+# %% ../../nbs/72_serve.ipynb #ec22ff15
+def prompt_logprobs(backend:Backend, ids:list[int]) -> list:
+    "log p(token i | tokens < i) for every prompt token (None for the first)."
+    import torch
+    pred = getattr(backend, 'pred', None)
+    if pred is None: raise ApiError(400, f'backend {backend.kind} cannot score prompts', 'invalid_request_error')
+    with torch.no_grad():
+        logits = pred.model(input_ids=torch.tensor([ids], device=pred.device)).logits[0].float()
+    lp = torch.log_softmax(logits, -1)                                          # (T, V): position i scores token i+1
+    return [None] + lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+
+def completion_ids(backend:Backend, prompt) -> tuple[list[int], list[int]]:
+    "Token ids of a completions `prompt` (text or a list of ids) and each token's text offset."
+    tok = backend.pred.tok
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if any(t < 0 or t >= len(tok) for t in prompt): raise ApiError(400, f'prompt token ids must be in [0, {len(tok)})')
+        ids = list(prompt)
+    elif isinstance(prompt, str) and prompt: ids = tok(prompt, add_special_tokens=False)['input_ids']
+    else: raise ApiError(400, 'prompt must be a non-empty string or a non-empty list of token ids (one prompt per request)')
+    pieces = [tok.decode(ids[:i + 1]) for i in range(len(ids))]
+    return ids, [0] + [len(p) for p in pieces[:-1]]
+
+def completion(server, body:dict) -> dict:
+    "Answer a `/v1/completions` request that scores its prompt (`echo`, `logprobs`, `max_tokens` 0)."
+    if body.get('model') not in (None, '', server.model_id):
+        raise ApiError(404, f'model {body.get("model")!r} is not served here; this server serves {server.model_id!r}', 'model_not_found')
+    if body.get('echo') is not True or body.get('max_tokens') not in (0, None):
+        raise ApiError(400, 'this server\'s /v1/completions scores prompts only: send echo true, logprobs N and max_tokens 0 '
+                            '(generate with /v1/chat/completions)')
+    lp = body.get('logprobs')
+    if not isinstance(lp, int) or isinstance(lp, bool) or not 0 <= lp <= 5: raise ApiError(400, f'logprobs must be an integer 0-5, got {lp!r}')
+    if not hasattr(server.backend, 'pred'): raise ApiError(400, f'{server.model_id}: this backend cannot score prompts')
+    ids, offsets = completion_ids(server.backend, body.get('prompt'))
+    if len(ids) > server.max_prompt_tokens: raise ApiError(400, f'prompt has {len(ids)} tokens; the limit is {server.max_prompt_tokens}')
+    scores = server.batcher.call(lambda: prompt_logprobs(server.backend, ids), server.request_timeout)
+    tok = server.backend.pred.tok
+    return {'id': f'cmpl-{uuid.uuid4().hex[:24]}', 'object': 'text_completion', 'created': int(time.time()), 'model': server.model_id,
+            'choices': [{'index': 0, 'text': tok.decode(ids), 'finish_reason': 'length',
+                         'logprobs': {'tokens': tok.convert_ids_to_tokens(ids), 'token_logprobs': scores, 'text_offset': offsets,
+                                      'top_logprobs': None}}],
+            'usage': {'prompt_tokens': len(ids), 'completion_tokens': 0, 'total_tokens': len(ids)}, 'system_fingerprint': server.fingerprint}
+
 # %% ../../nbs/72_serve.ipynb #1378ac3f
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
@@ -155,10 +211,13 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(413, f'request body larger than {app.max_body_bytes} bytes')
             raw = self.rfile.read(n)                               # always consume the body before answering
             if not self._authorised(): raise ApiError(401, 'missing or wrong API key', 'authentication_error')
-            if self.path.rstrip('/') != '/v1/chat/completions': raise ApiError(404, f'no route POST {self.path} (this server offers /v1/chat/completions)', 'not_found')
+            route = self.path.rstrip('/')
+            if route not in ('/v1/chat/completions', '/v1/completions'):
+                raise ApiError(404, f'no route POST {self.path} (this server offers /v1/chat/completions and /v1/completions)', 'not_found')
             try: body = json.loads(raw or b'null')
             except json.JSONDecodeError as e: raise ApiError(400, f'body is not JSON: {e.msg}') from None
             if not isinstance(body, dict): raise ApiError(400, 'body must be a JSON object')
+            if route == '/v1/completions': return self._json(200, completion(app, body))
             out = chat_completion(app, body)
             if body.get('stream'): return self._stream(out)
             self._json(200, out)
@@ -179,10 +238,11 @@ class ChatServer:
     "An OpenAI-compatible chat-completions server over a `Backend` (start with `start()` or `serve_forever()`)."
     def __init__(self, backend:Backend, model_id:str | None = None, host:str = '127.0.0.1', port:int = 8000, batch_size:int = 8,
                  batch_wait:float = 0.02, default_max_tokens:int = 256, max_tokens_cap:int = 2048, request_timeout:float = 600.0,
-                 max_body_bytes:int = 50_000_000, max_image_bytes:int = 20_000_000, api_key:str | None = None, verbose:bool = False):
+                 max_body_bytes:int = 50_000_000, max_image_bytes:int = 20_000_000, api_key:str | None = None, verbose:bool = False, max_prompt_tokens:int = 32768):
         self.backend, self.model_id = backend, model_id or Path(str(backend.identity().get('model'))).name or 'model'
         self.default_max_tokens, self.max_tokens_cap, self.request_timeout = default_max_tokens, max_tokens_cap, request_timeout
         self.max_body_bytes, self.max_image_bytes, self.api_key, self.verbose = max_body_bytes, max_image_bytes, api_key, verbose
+        self.max_prompt_tokens = max_prompt_tokens
         self.fingerprint = f"pangea-{backend.identity().get('revision', '')}"
         self.batcher = Batcher(backend, batch_size, batch_wait)
         self.httpd = ThreadingHTTPServer((host, port), _Handler); self.httpd.daemon_threads = True; self.httpd.app = self
