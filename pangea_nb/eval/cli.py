@@ -69,20 +69,30 @@ def eval_run(task:str=None,            # benchmark name
              batch_size:int=8,         # predictions do not depend on it
              max_new_tokens:int=32,    # generation length
              skip_missing:bool=False,  # skip items whose images are missing (counted, written to OUT.rejects.jsonl)
-             device:str=None):         # cpu, cuda, cuda:1 ... (default: the model's)
-    "Predict a benchmark with a model into a JSONL file of {id, prediction, scores?}; resumes an interrupted run."
+             device:str=None,          # cpu, cuda, cuda:1 ... (default: the model's)
+             model_name:str=None,      # served model to ask for (default: the one GET /v1/models lists)
+             tokenizer:str=None,       # served loglik: the checkpoint folder whose chat template and tokenizer render prompts
+             concurrency:int=4,        # served: requests in flight per endpoint
+             timeout:float=120.0,      # served: seconds to wait for one reply (retried on timeouts and 5xx)
+             cache:str=None,           # reply cache folder (default $PANGEA_HOME/cache/replies)
+             no_cache:bool=False):     # neither read nor write the reply cache
+    "Predict a benchmark with a model (checkpoint, preset, server URL or backend spec) into a JSONL file; resumes an interrupted run."
     _required(task=task, data=data, model=model, out=out)
     from pangea_nb.config import EvalConfig
     EvalConfig(mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)       # validates the values
-    from pangea_nb.model.infer import load_predictor
+    from pangea_nb.eval.served import open_predictor, record_identity
     from pangea_nb.eval.infer import run_task
     t = get_task(task)
     if mode == 'loglik' and not t.multiple_choice: raise ValueError(f'{task} is not multiple choice: use --mode generate')
     items = select_items(t, data, split=split, langs=langs, limit=limit)
     items, miss = resolve_images(t, items, images, skip_missing=skip_missing, rejects=f'{out}.rejects.jsonl')
     if miss: print(f'skipped {len(miss)} items with missing images (listed in {out}.rejects.jsonl)')
-    r = run_task(t, items, load_predictor(model, device=device), out, mode=mode, batch_size=batch_size,
-                 max_new_tokens=max_new_tokens, model_name=model)
+    pred, ident = open_predictor(model, model_name, tokenizer, device, concurrency, timeout, cache, use_cache=not no_cache)
+    record_identity(out, ident, check_only=True)                  # a file of another revision is refused before any call
+    r = run_task(t, items, pred, out, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                 model_name=ident['model'] if ident['backend'] == 'http' else model)
+    record_identity(out, ident)
+    r.update(identity=ident, cache_hits=getattr(pred, 'hits', None), cache_misses=getattr(pred, 'misses', None))
     r['skipped_missing_images'] = len(miss)
     print(f'{task}: wrote {r["written"]} predictions ({r["skipped_done"]} already done) to {out} in {r["seconds"]:.1f} s')
     return r
