@@ -7,14 +7,23 @@ Docs: https://pangea-nb.github.io/pangea_nb/serve.html.md"""
 # %% ../../nbs/72_serve.ipynb #1e10a44f
 from __future__ import annotations
 import base64, binascii, io, json, os, queue, threading, time, uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import asyncio, socket
+from typing import Literal
+import pydantic, uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from pathlib import Path
 from ..data.schema import IMAGE_TOKEN
 from .core import Backend, BackendConfig, Prompt, Reply, load_backend, open_image
 
 # %% auto #0
 __all__ = ['ApiError', 'decode_data_uri', 'request_prompt', 'Batcher', 'chat_completion', 'prompt_logprobs', 'completion_ids',
-           'completion', 'ChatServer', 'serve_model_kind', 'serve_cmd']
+           'completion', 'ChatMessage', 'ChatBody', 'CompletionBody', 'validation_message', 'read_json', 'make_app',
+           'ChatServer', 'serve_model_kind', 'serve_cmd']
 
 # %% ../../nbs/72_serve.ipynb #48ffebd2
 class ApiError(Exception):
@@ -29,8 +38,15 @@ def decode_data_uri(url:str, max_bytes:int, max_pixels:int = 40_000_000):
     head, _, b64 = url.partition(',')
     if ';base64' not in head or not head[5:].startswith('image/'): raise ApiError(400, f'unsupported data URI header {head[:40]!r} (need data:image/...;base64,)')
     if len(b64) * 3 // 4 > max_bytes: raise ApiError(413, f'image larger than {max_bytes} bytes')
-    try: return open_image(base64.b64decode(b64, validate=True), max_bytes, max_pixels).convert('RGB')
-    except (binascii.Error, ValueError, OSError) as e: raise ApiError(400, f'cannot decode image: {type(e).__name__}: {e}') from None
+    from PIL import Image
+    try: data = base64.b64decode(b64, validate=True)
+    except binascii.Error as e: raise ApiError(400, f'image is not valid base64: {e}') from None
+    try: im = Image.open(io.BytesIO(data))                     # reads the header only: the claimed size, before any decoding
+    except Image.DecompressionBombError as e: raise ApiError(413, f'image refused before decoding: {e}') from None
+    except (ValueError, OSError) as e: raise ApiError(400, f'cannot read image header: {type(e).__name__}: {e}') from None
+    if im.width * im.height > max_pixels: raise ApiError(413, f'image header claims {im.width}x{im.height}, over {max_pixels} pixels; refused before decoding')
+    try: return open_image(data, max_bytes, max_pixels).convert('RGB')
+    except (ValueError, OSError, Image.DecompressionBombError) as e: raise ApiError(400, f'cannot decode image: {type(e).__name__}: {e}') from None
 
 def request_prompt(body:dict, max_image_bytes:int = 20_000_000) -> Prompt:
     "The `Prompt` of a chat-completions request (one optional system message, one user message)."
@@ -176,82 +192,129 @@ def completion(server, body:dict) -> dict:
                                       'top_logprobs': None}}],
             'usage': {'prompt_tokens': len(ids), 'completion_tokens': 0, 'total_tokens': len(ids)}, 'system_fingerprint': server.fingerprint}
 
-# %% ../../nbs/72_serve.ipynb #1378ac3f
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-    def log_message(self, fmt, *args):
-        if self.server.app.verbose: super().log_message(fmt, *args)
+# %% ../../nbs/72_serve.ipynb #5940ab33
+class ChatMessage(pydantic.BaseModel):
+    "One chat message: a role and text or a list of parts (validated further by `request_prompt`)."
+    model_config = pydantic.ConfigDict(extra='allow', strict=True)
+    role: Literal['system', 'developer', 'user', 'assistant']
+    content: str | list[dict]
 
-    def _json(self, status:int, obj):
-        b = json.dumps(obj, ensure_ascii=False).encode()
-        self.send_response(status); self.send_header('Content-Type', 'application/json'); self.send_header('Content-Length', str(len(b)))
-        self.end_headers(); self.wfile.write(b)
+class ChatBody(pydantic.BaseModel):
+    "The fields of a chat-completions request this server reads, with their types; unknown fields are allowed."
+    model_config = pydantic.ConfigDict(extra='allow', strict=True)
+    messages: list[ChatMessage] = pydantic.Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = pydantic.Field(None, ge=1)
+    max_completion_tokens: int | None = pydantic.Field(None, ge=1)
+    temperature: float | None = pydantic.Field(None, ge=0)
+    n: int = 1
+    stream: bool = False
+    stop: str | list[str] | None = None
 
-    def _error(self, e:ApiError): self._json(e.status, {'error': {'message': e.message, 'type': e.kind, 'code': e.status}})
+class CompletionBody(pydantic.BaseModel):
+    "The fields of a completions request (prompt scoring)."
+    model_config = pydantic.ConfigDict(extra='allow', strict=True)
+    prompt: str | list[int]
+    model: str | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    max_tokens: int | None = pydantic.Field(None, ge=0)
 
-    def _authorised(self) -> bool:
-        key = self.server.app.api_key
-        return key is None or self.headers.get('Authorization') == f'Bearer {key}'
+def validation_message(e:pydantic.ValidationError) -> str:
+    "One line naming every bad field: `messages.0.role: Input should be 'system', ...`."
+    return '; '.join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
 
-    def do_GET(self):
-        app = self.server.app
-        if not self._authorised(): return self._error(ApiError(401, 'missing or wrong API key', 'authentication_error'))
-        if self.path.rstrip('/') in ('/health', '/v1/health'): return self._json(200, {'status': 'ok', 'model': app.model_id})
-        if self.path.rstrip('/') == '/v1/models':
-            return self._json(200, {'object': 'list', 'data': [{'id': app.model_id, 'object': 'model', 'owned_by': 'pangea_nb', **app.backend.identity(),
-                                                                'root': str(app.backend.identity().get('model'))}]})
-        self._error(ApiError(404, f'no route GET {self.path}', 'not_found'))
+# %% ../../nbs/72_serve.ipynb #cd17645e
+def _error(status:int, message:str, kind:str = 'invalid_request_error') -> JSONResponse:
+    return JSONResponse({'error': {'message': message, 'type': kind, 'code': status}}, status_code=status)
 
-    def do_POST(self):
-        app = self.server.app
-        try:
-            n = int(self.headers.get('Content-Length') or 0)
-            if n > app.max_body_bytes:
-                self.close_connection = True                       # the unread body would poison a kept-alive connection
-                raise ApiError(413, f'request body larger than {app.max_body_bytes} bytes')
-            raw = self.rfile.read(n)                               # always consume the body before answering
-            if not self._authorised(): raise ApiError(401, 'missing or wrong API key', 'authentication_error')
-            route = self.path.rstrip('/')
-            if route not in ('/v1/chat/completions', '/v1/completions'):
-                raise ApiError(404, f'no route POST {self.path} (this server offers /v1/chat/completions and /v1/completions)', 'not_found')
-            try: body = json.loads(raw or b'null')
-            except json.JSONDecodeError as e: raise ApiError(400, f'body is not JSON: {e.msg}') from None
-            if not isinstance(body, dict): raise ApiError(400, 'body must be a JSON object')
-            if route == '/v1/completions': return self._json(200, completion(app, body))
-            out = chat_completion(app, body)
-            if body.get('stream'): return self._stream(out)
-            self._json(200, out)
-        except ApiError as e: self._error(e)
+async def read_json(request:Request, server) -> dict:
+    "The request body as a JSON object: size-limited, read with a timeout."
+    n = request.headers.get('content-length')
+    if n is not None and (not n.isdigit() or int(n) > server.max_body_bytes):
+        raise ApiError(413 if n.isdigit() else 400, f'request body larger than {server.max_body_bytes} bytes' if n.isdigit() else 'bad Content-Length')
+    async def body():
+        chunks, size = [], 0
+        async for c in request.stream():
+            size += len(c)
+            if size > server.max_body_bytes: raise ApiError(413, f'request body larger than {server.max_body_bytes} bytes')
+            chunks.append(c)
+        return b''.join(chunks)
+    try: raw = await asyncio.wait_for(body(), server.read_timeout)
+    except asyncio.TimeoutError: raise ApiError(408, f'request body not received within {server.read_timeout:.0f} s', 'timeout') from None
+    try: obj = json.loads(raw or b'null')
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ApiError(400, f'body is not JSON: {e}') from None
+    if not isinstance(obj, dict): raise ApiError(400, 'body must be a JSON object')
+    return obj
 
-    def _stream(self, out:dict):
-        "Server-sent events: the whole reply as one delta, then the finish reason and [DONE]."
-        base = {k: out[k] for k in ('id', 'created', 'model')} | {'object': 'chat.completion.chunk'}
-        ch = out['choices'][0]
-        events = [{**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ch['message']['content']}, 'finish_reason': None}]},
-                  {**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': ch['finish_reason']}]}]
-        data = ''.join(f'data: {json.dumps(e, ensure_ascii=False)}\n\n' for e in events) + 'data: [DONE]\n\n'
-        b = data.encode(); self.send_response(200); self.send_header('Content-Type', 'text/event-stream')
-        self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+# %% ../../nbs/72_serve.ipynb #ba11ea00
+def make_app(server) -> Starlette:
+    "The Starlette app of a `ChatServer`: health, models, chat completions, completions; every error a JSON body."
+    def authorised(request): return server.api_key is None or request.headers.get('authorization') == f'Bearer {server.api_key}'
+    def guarded(fn):
+        async def endpoint(request:Request):
+            try:
+                if not authorised(request): raise ApiError(401, 'missing or wrong API key', 'authentication_error')
+                return await fn(request)
+            except ApiError as e: return _error(e.status, e.message, e.kind)
+            except pydantic.ValidationError as e: return _error(400, validation_message(e))
+            except Exception as e: return _error(500, f'{type(e).__name__}: {e}', 'server_error')
+        return endpoint
+    async def health(request): return JSONResponse({'status': 'ok', 'model': server.model_id})
+    async def models(request):
+        ident = server.backend.identity()
+        return JSONResponse({'object': 'list', 'data': [{'id': server.model_id, 'object': 'model', 'owned_by': 'pangea_nb', **ident,
+                                                         'root': str(ident.get('model'))}]})
+    async def chat(request):
+        body = await read_json(request, server); ChatBody.model_validate(body)
+        out = await run_in_threadpool(chat_completion, server, body)
+        return _sse(out) if body.get('stream') else JSONResponse(out)
+    async def completions(request):
+        body = await read_json(request, server); CompletionBody.model_validate(body)
+        return JSONResponse(await run_in_threadpool(completion, server, body))
+    async def http_error(request, exc): return _error(exc.status_code, f'{exc.detail}: {request.method} {request.url.path}', 'not_found' if exc.status_code == 404 else 'invalid_request_error')
+    routes = [Route(p, guarded(health), methods=['GET']) for p in ('/health', '/v1/health')] + [
+        Route('/v1/models', guarded(models), methods=['GET']), Route('/v1/chat/completions', guarded(chat), methods=['POST']),
+        Route('/v1/completions', guarded(completions), methods=['POST'])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+def _sse(out:dict) -> Response:
+    "Server-sent events: the whole reply as one delta, then the finish reason and [DONE]."
+    base = {k: out[k] for k in ('id', 'created', 'model')} | {'object': 'chat.completion.chunk'}
+    ch = out['choices'][0]
+    events = [{**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ch['message']['content']}, 'finish_reason': None}]},
+              {**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': ch['finish_reason']}]}]
+    return Response(''.join(f'data: {json.dumps(e, ensure_ascii=False)}\n\n' for e in events) + 'data: [DONE]\n\n', media_type='text/event-stream')
 
 # %% ../../nbs/72_serve.ipynb #584fc995
 class ChatServer:
-    "An OpenAI-compatible chat-completions server over a `Backend` (start with `start()` or `serve_forever()`)."
+    "An OpenAI-compatible server over a `Backend` on uvicorn (start with `start()` or `serve_forever()`)."
     def __init__(self, backend:Backend, model_id:str | None = None, host:str = '127.0.0.1', port:int = 8000, batch_size:int = 8,
                  batch_wait:float = 0.02, default_max_tokens:int = 256, max_tokens_cap:int = 2048, request_timeout:float = 600.0,
-                 max_body_bytes:int = 50_000_000, max_image_bytes:int = 20_000_000, api_key:str | None = None, verbose:bool = False, max_prompt_tokens:int = 32768):
+                 max_body_bytes:int = 50_000_000, max_image_bytes:int = 20_000_000, api_key:str | None = None, verbose:bool = False,
+                 max_prompt_tokens:int = 32768, read_timeout:float = 30.0, backlog:int = 2048, limit_concurrency:int = 512):
         self.backend, self.model_id = backend, model_id or Path(str(backend.identity().get('model'))).name or 'model'
         self.default_max_tokens, self.max_tokens_cap, self.request_timeout = default_max_tokens, max_tokens_cap, request_timeout
         self.max_body_bytes, self.max_image_bytes, self.api_key, self.verbose = max_body_bytes, max_image_bytes, api_key, verbose
-        self.max_prompt_tokens = max_prompt_tokens
+        self.max_prompt_tokens, self.read_timeout = max_prompt_tokens, read_timeout
         self.fingerprint = f"pangea-{backend.identity().get('revision', '')}"
         self.batcher = Batcher(backend, batch_size, batch_wait)
-        self.httpd = ThreadingHTTPServer((host, port), _Handler); self.httpd.daemon_threads = True; self.httpd.app = self
-        self.url = f'http://{host}:{self.httpd.server_address[1]}/v1'
+        self.sock = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); self.sock.bind((host, port)); self.sock.listen(backlog)
+        self.uv = uvicorn.Server(uvicorn.Config(make_app(self), backlog=backlog, limit_concurrency=limit_concurrency, timeout_keep_alive=5,
+                                                lifespan='off', log_level='info' if verbose else 'warning', access_log=verbose))
+        self.url, self._thread = f'http://{host}:{self.sock.getsockname()[1]}/v1', None
 
     def start(self) -> 'ChatServer':
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start(); return self
-    def serve_forever(self): self.httpd.serve_forever()
-    def close(self): self.httpd.shutdown(); self.httpd.server_close(); self.batcher.close()
+        "Serve from a background thread; returns once the server accepts connections."
+        self._thread = threading.Thread(target=self.uv.run, kwargs={'sockets': [self.sock]}, daemon=True); self._thread.start()
+        while not self.uv.started and self._thread.is_alive(): time.sleep(0.01)
+        return self
+    def serve_forever(self): self.uv.run(sockets=[self.sock])          # uvicorn stops on SIGINT/SIGTERM
+    def close(self):
+        self.uv.should_exit = True
+        if self._thread: self._thread.join(10)
+        self.sock.close(); self.batcher.close()
 
 # %% ../../nbs/72_serve.ipynb #6d01952b
 def serve_model_kind(model:str) -> str:
