@@ -301,7 +301,7 @@ class ChatServer:
         self.batcher = Batcher(backend, batch_size, batch_wait)
         self.sock = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); self.sock.bind((host, port)); self.sock.listen(backlog)
-        self.uv = uvicorn.Server(uvicorn.Config(make_app(self), backlog=backlog, limit_concurrency=limit_concurrency, timeout_keep_alive=5,
+        self.uv = uvicorn.Server(uvicorn.Config(make_app(self), backlog=backlog, limit_concurrency=limit_concurrency, timeout_keep_alive=5, timeout_graceful_shutdown=2,
                                                 lifespan='off', log_level='info' if verbose else 'warning', access_log=verbose))
         self.url, self._thread = f'http://{host}:{self.sock.getsockname()[1]}/v1', None
 

@@ -165,6 +165,9 @@ def eval_score(task:str=None,          # benchmark name
     res = score_predictions(t, items, preds, run_id=run_id or Path(predictions).stem, step=step)
     if judge: res.update(t.judge_report())      # judge identity, rule, failures (never filled with a score)
     split_invalid(res, items, checks)
+    if meta.get('mode', 'generate') == 'generate':             # answer-language fidelity of generated replies (eval.langfid)
+        from pangea_nb.eval.langfid import language_rows
+        res['results'] += language_rows(t, items, preds, run_id=run_id or Path(predictions).stem, step=step)
     res.update(model=meta.get('model'), mode=meta.get('mode'), predictions=str(predictions),
                selection={'split': split or t.default_split, 'langs': langs, 'limit': limit})
     if out: write_results(out, res['results'], **{k: v for k, v in res.items()})
