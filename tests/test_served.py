@@ -93,3 +93,14 @@ def test_parity_command(world, server, tmp_path, capsys):
     rep = json.loads(out)
     assert rep['identical_share'] == 1.0 and rep['n'] == 10 and rep['a']['backend'] == 'in-process' and rep['b']['backend'] == 'http'
     assert all(v['score_diff']['diff'] == 0.0 and not v['score_diff']['significant'] for v in rep['by_lang'].values())
+
+
+def test_backend_yaml_through_the_same_layer(world, server, tmp_path, capsys):
+    "A backend spec file (the data stages' Backend layer) names the server: same predictions as the URL."
+    d, ck = world
+    spec = tmp_path / 'backend.yaml'
+    spec.write_text(f'kind: http\nendpoints: [{server}]\nconcurrency: 2\ntimeout: 60\n')
+    args = ['eval', 'run', '--task', 'xcopa', '--data', d / 'xcopa', '--limit', 1, '--max-new-tokens', 4, '--no-cache']
+    assert cli(capsys, *args, '--model', spec, '--out', tmp_path / 'yaml.jsonl')[0] == 0
+    assert cli(capsys, *args, '--model', server, '--out', tmp_path / 'url.jsonl')[0] == 0
+    assert preds(tmp_path / 'yaml.jsonl') == preds(tmp_path / 'url.jsonl')
