@@ -1,7 +1,10 @@
 """Multiple-choice evaluation throughput: batched option log-likelihood vs the same scoring one item at a time vs
 one-at-a-time greedy generation (+ answer parsing), on the same model and the same XCOPA-layout items.
 
-Goal (issue 5): batched log-likelihood >= 5x the samples/s of one-at-a-time generation. The batched and unbatched
+Goal (issue 5): batched log-likelihood >= 5x the samples/s of one-at-a-time generation.
+Issue 16 rows (`--served`, on by default): the same generation and log-likelihood through `pangea serve`'s server
+(uvicorn, in this process, loopback) and the served predictor (`eval.served`) vs in-process, with whether the
+predictions agree, and the reply cache: a cold run vs a rerun answered from the cache. The batched and unbatched
 log-likelihood runs must choose identical options (batch-size invariance). Ratios are measured in this process;
 absolute CPU numbers are for tracking only.
 
@@ -35,6 +38,8 @@ def main():
     ap.add_argument('--max-new-tokens', type=int, default=16, help='generation length of the one-at-a-time generation baseline')
     ap.add_argument('--hidden', type=int, default=256); ap.add_argument('--layers', type=int, default=4)
     ap.add_argument('--threads', type=int, default=1, help='torch threads (1: steadier on a shared 2-core machine)')
+    ap.add_argument('--served', type=int, default=1, help='1: also the served-vs-in-process and reply-cache rows')
+    ap.add_argument('--concurrency', type=int, default=8, help='served: requests in flight')
     a = ap.parse_args()
     import torch
     torch.set_num_threads(a.threads)
@@ -44,7 +49,8 @@ def main():
     from pangea_nb.eval.infer import run_task
     from pangea_nb.contracts import read_jsonl
     torch.manual_seed(0)
-    model, proc = build_tiny_llava(hidden=a.hidden, layers=a.layers)
+    model_dir = Path(tempfile.mkdtemp(prefix='bench_llava_'))
+    model, proc = build_tiny_llava(model_dir, hidden=a.hidden, layers=a.layers)
     pr = Predictor(model, proc)
     n_params = sum(p.numel() for p in model.parameters())
     task = get_task('xcopa')
@@ -73,7 +79,35 @@ def main():
     print(f'ratio batched loglik / one-at-a-time generation: {r1:.1f}x (goal >= 5x: {"met" if r1 >= 5 else "NOT met"})')
     print(f'ratio batched loglik / one-at-a-time loglik:     {r2:.1f}x')
     print(f'batched and one-at-a-time loglik choose identical options: {same}')
-    return 0 if same else 1
+    agree = served_rows(a, task, items, pr, model_dir) if a.served else True
+    return 0 if same and agree else 1
+
+
+def served_rows(a, task, items, pr, model_dir):
+    "Served vs in-process (generate and loglik, batched), and the reply cache's cold run vs rerun."
+    from pangea_nb.backends.core import BackendConfig, ReplyCache, load_backend
+    from pangea_nb.backends.serve import ChatServer
+    from pangea_nb.eval.served import ServedPredictor, CachedPredictor, predict_items
+    srv = ChatServer(load_backend(BackendConfig(kind='hf-llava', model=str(model_dir), batch_size=a.batch_size)), port=0,
+                     batch_size=a.batch_size).start()
+    try:
+        sp = ServedPredictor(BackendConfig(kind='http', endpoints=[srv.url], concurrency=a.concurrency, timeout=600), tokenizer=str(model_dir))
+        rows, agree = {}, True
+        for mode in ('generate', 'loglik'):
+            for name, p in ((f'{mode} in-process batched', pr), (f'{mode} served (concurrency {a.concurrency})', sp)):
+                t0 = time.perf_counter(); preds = predict_items(task, items, p, mode, a.batch_size, a.max_new_tokens)
+                rows[name] = (len(items) / (time.perf_counter() - t0), preds)
+            local, served = [rows[k][1] for k in rows if k.startswith(mode)]
+            agree &= local == served
+            print(f'  {mode}: served / in-process = {list(rows.values())[-1][0] / list(rows.values())[-2][0]:.2f}x; identical predictions: {local == served}')
+        for name, (sps, _) in rows.items(): print(f'  {name:<32} {sps:8.2f} samples/s')
+        with tempfile.TemporaryDirectory() as c:
+            cp = CachedPredictor(sp, sp.identity, ReplyCache(c))
+            t0 = time.perf_counter(); predict_items(task, items, cp, 'generate', a.batch_size, a.max_new_tokens); cold = time.perf_counter() - t0
+            t0 = time.perf_counter(); predict_items(task, items, cp, 'generate', a.batch_size, a.max_new_tokens); warm = time.perf_counter() - t0
+            print(f'  reply cache, served generate: cold {cold:.2f} s, rerun {warm:.3f} s ({cold / warm:.0f}x; {cp.hits} hits, {cp.misses} misses)')
+        return agree
+    finally: srv.close()
 
 
 if __name__ == '__main__':

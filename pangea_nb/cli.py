@@ -24,6 +24,7 @@ COMMANDS = {  # 'group sub' -> ('module:function', one-line help)
     'eval run':      ('pangea_nb.eval.cli:eval_run',     'Predict a benchmark with a model (generate or option log-likelihood); resumable JSONL'),
     'eval score':    ('pangea_nb.eval.cli:eval_score',   'Score predictions per language: English, multilingual mean, missing ids'),
     'eval report':   ('pangea_nb.eval.cli:eval_report',  'Table and figure of results files against published numbers'),
+    'eval parity':   ('pangea_nb.eval.served:eval_parity', 'Run the same items through two backends: identical-prediction share and score difference per language'),
     'eval contamination': ('pangea_nb.eval.contamination:eval_contamination', 'Benchmark items found in a training mixture (image hashes, question n-grams)'),
     'predict':       ('pangea_nb.eval.cli:predict',      'Answer a prompt about images (or text only) with a model, in any language'),
     'train':         ('pangea_nb.train.stages:train_cli', 'Train the stages (0 LM, 1 projector, 2 projector+LM) of a run config; resumable; --nproc N for DeepSpeed'),

@@ -278,7 +278,7 @@ def strip_scores(path):
 @pytest.mark.parametrize('task,mode,limit', [('xcopa', 'loglik', 4), ('xcopa', 'generate', 2), ('marvl', 'generate', 2), ('marvl', 'loglik', 2)])
 def test_run_batch_size_invariant(task, mode, limit, releases, tiny_ckpt, tmp_path, capsys):
     root, images = releases[task]
-    base = ['eval', 'run', '--task', task, '--data', root, '--model', tiny_ckpt, '--mode', mode, '--limit', limit, '--max-new-tokens', 5]
+    base = ['eval', 'run', '--task', task, '--data', root, '--model', tiny_ckpt, '--mode', mode, '--limit', limit, '--max-new-tokens', 5, '--no-cache']   # both batch sizes really run
     if images: base += ['--images', images]
     assert run_cli(*base, '--out', tmp_path / 'b1.jsonl', '--batch-size', 1)[0] == 0
     assert run_cli(*base, '--out', tmp_path / 'b8.jsonl', '--batch-size', 8)[0] == 0

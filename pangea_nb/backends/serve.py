@@ -7,14 +7,23 @@ Docs: https://pangea-nb.github.io/pangea_nb/serve.html.md"""
 # %% ../../nbs/72_serve.ipynb #1e10a44f
 from __future__ import annotations
 import base64, binascii, io, json, os, queue, threading, time, uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import asyncio, socket
+from typing import Literal
+import pydantic, uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 from pathlib import Path
 from ..data.schema import IMAGE_TOKEN
 from .core import Backend, BackendConfig, Prompt, Reply, load_backend, open_image
 
 # %% auto #0
-__all__ = ['ApiError', 'decode_data_uri', 'request_prompt', 'Batcher', 'chat_completion', 'ChatServer', 'serve_model_kind',
-           'serve_cmd']
+__all__ = ['ApiError', 'decode_data_uri', 'request_prompt', 'Batcher', 'chat_completion', 'prompt_logprobs', 'completion_ids',
+           'completion', 'ChatMessage', 'ChatBody', 'CompletionBody', 'validation_message', 'read_json', 'make_app',
+           'ChatServer', 'serve_model_kind', 'serve_cmd']
 
 # %% ../../nbs/72_serve.ipynb #48ffebd2
 class ApiError(Exception):
@@ -29,8 +38,15 @@ def decode_data_uri(url:str, max_bytes:int, max_pixels:int = 40_000_000):
     head, _, b64 = url.partition(',')
     if ';base64' not in head or not head[5:].startswith('image/'): raise ApiError(400, f'unsupported data URI header {head[:40]!r} (need data:image/...;base64,)')
     if len(b64) * 3 // 4 > max_bytes: raise ApiError(413, f'image larger than {max_bytes} bytes')
-    try: return open_image(base64.b64decode(b64, validate=True), max_bytes, max_pixels).convert('RGB')
-    except (binascii.Error, ValueError, OSError) as e: raise ApiError(400, f'cannot decode image: {type(e).__name__}: {e}') from None
+    from PIL import Image
+    try: data = base64.b64decode(b64, validate=True)
+    except binascii.Error as e: raise ApiError(400, f'image is not valid base64: {e}') from None
+    try: im = Image.open(io.BytesIO(data))                     # reads the header only: the claimed size, before any decoding
+    except Image.DecompressionBombError as e: raise ApiError(413, f'image refused before decoding: {e}') from None
+    except (ValueError, OSError) as e: raise ApiError(400, f'cannot read image header: {type(e).__name__}: {e}') from None
+    if im.width * im.height > max_pixels: raise ApiError(413, f'image header claims {im.width}x{im.height}, over {max_pixels} pixels; refused before decoding')
+    try: return open_image(data, max_bytes, max_pixels).convert('RGB')
+    except (ValueError, OSError, Image.DecompressionBombError) as e: raise ApiError(400, f'cannot decode image: {type(e).__name__}: {e}') from None
 
 def request_prompt(body:dict, max_image_bytes:int = 20_000_000) -> Prompt:
     "The `Prompt` of a chat-completions request (one optional system message, one user message)."
@@ -55,7 +71,8 @@ def request_prompt(body:dict, max_image_bytes:int = 20_000_000) -> Prompt:
 
 # %% ../../nbs/72_serve.ipynb #36531886
 class _Job:
-    def __init__(self, prompt, max_tokens): self.prompt, self.max_tokens, self.done, self.reply = prompt, max_tokens, threading.Event(), None
+    def __init__(self, prompt, max_tokens, fn=None):
+        self.prompt, self.max_tokens, self.fn, self.done, self.reply = prompt, max_tokens, fn, threading.Event(), None
 
 class Batcher:
     "One model thread serving queued generation jobs in dynamic batches."
@@ -69,6 +86,13 @@ class Batcher:
         if not job.done.wait(timeout): raise ApiError(504, f'no reply within {timeout:.0f} s', 'timeout')
         return job.reply
 
+    def call(self, fn, timeout:float):
+        "Run `fn()` on the model thread (between batches, so the model is never used by two threads) and return its value."
+        job = _Job(None, None, fn); self.q.put(job)
+        if not job.done.wait(timeout): raise ApiError(504, f'no reply within {timeout:.0f} s', 'timeout')
+        if isinstance(job.reply, Exception): raise job.reply
+        return job.reply
+
     def _loop(self):
         while True:
             jobs = [self.q.get()]
@@ -79,6 +103,12 @@ class Batcher:
                 except queue.Empty: break
                 if j is None: self.q.put(None); break
                 jobs.append(j)
+            for j in [j for j in jobs if j.fn is not None]:
+                try: j.reply = j.fn()
+                except Exception as e: j.reply = e
+                j.done.set()
+            jobs = [j for j in jobs if j.fn is None]
+            if not jobs: continue
             self.batches.append(len(jobs))
             for mt in dict.fromkeys(j.max_tokens for j in jobs):
                 group = [j for j in jobs if j.max_tokens == mt]
@@ -120,78 +150,171 @@ def chat_completion(server, body:dict) -> dict:
                       'total_tokens': _tokens(server.backend, prompt.text) + n_out},
             'system_fingerprint': server.fingerprint}
 
-# %% ../../nbs/72_serve.ipynb #1378ac3f
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = 'HTTP/1.1'
-    def log_message(self, fmt, *args):
-        if self.server.app.verbose: super().log_message(fmt, *args)
+# %% ../../nbs/72_serve.ipynb #ec22ff15
+def prompt_logprobs(backend:Backend, ids:list[int]) -> list:
+    "log p(token i | tokens < i) for every prompt token (None for the first)."
+    import torch
+    pred = getattr(backend, 'pred', None)
+    if pred is None: raise ApiError(400, f'backend {backend.kind} cannot score prompts', 'invalid_request_error')
+    with torch.no_grad():
+        logits = pred.model(input_ids=torch.tensor([ids], device=pred.device)).logits[0].float()
+    lp = torch.log_softmax(logits, -1)                                          # (T, V): position i scores token i+1
+    return [None] + lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
 
-    def _json(self, status:int, obj):
-        b = json.dumps(obj, ensure_ascii=False).encode()
-        self.send_response(status); self.send_header('Content-Type', 'application/json'); self.send_header('Content-Length', str(len(b)))
-        self.end_headers(); self.wfile.write(b)
+def completion_ids(backend:Backend, prompt) -> tuple[list[int], list[int]]:
+    "Token ids of a completions `prompt` (text or a list of ids) and each token's text offset."
+    tok = backend.pred.tok
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+        if any(t < 0 or t >= len(tok) for t in prompt): raise ApiError(400, f'prompt token ids must be in [0, {len(tok)})')
+        ids = list(prompt)
+    elif isinstance(prompt, str) and prompt: ids = tok(prompt, add_special_tokens=False)['input_ids']
+    else: raise ApiError(400, 'prompt must be a non-empty string or a non-empty list of token ids (one prompt per request)')
+    pieces = [tok.decode(ids[:i + 1]) for i in range(len(ids))]
+    return ids, [0] + [len(p) for p in pieces[:-1]]
 
-    def _error(self, e:ApiError): self._json(e.status, {'error': {'message': e.message, 'type': e.kind, 'code': e.status}})
+def completion(server, body:dict) -> dict:
+    "Answer a `/v1/completions` request that scores its prompt (`echo`, `logprobs`, `max_tokens` 0)."
+    if body.get('model') not in (None, '', server.model_id):
+        raise ApiError(404, f'model {body.get("model")!r} is not served here; this server serves {server.model_id!r}', 'model_not_found')
+    if body.get('echo') is not True or body.get('max_tokens') not in (0, None):
+        raise ApiError(400, 'this server\'s /v1/completions scores prompts only: send echo true, logprobs N and max_tokens 0 '
+                            '(generate with /v1/chat/completions)')
+    lp = body.get('logprobs')
+    if not isinstance(lp, int) or isinstance(lp, bool) or not 0 <= lp <= 5: raise ApiError(400, f'logprobs must be an integer 0-5, got {lp!r}')
+    if not hasattr(server.backend, 'pred'): raise ApiError(400, f'{server.model_id}: this backend cannot score prompts')
+    ids, offsets = completion_ids(server.backend, body.get('prompt'))
+    if len(ids) > server.max_prompt_tokens: raise ApiError(400, f'prompt has {len(ids)} tokens; the limit is {server.max_prompt_tokens}')
+    scores = server.batcher.call(lambda: prompt_logprobs(server.backend, ids), server.request_timeout)
+    tok = server.backend.pred.tok
+    return {'id': f'cmpl-{uuid.uuid4().hex[:24]}', 'object': 'text_completion', 'created': int(time.time()), 'model': server.model_id,
+            'choices': [{'index': 0, 'text': tok.decode(ids), 'finish_reason': 'length',
+                         'logprobs': {'tokens': tok.convert_ids_to_tokens(ids), 'token_logprobs': scores, 'text_offset': offsets,
+                                      'top_logprobs': None}}],
+            'usage': {'prompt_tokens': len(ids), 'completion_tokens': 0, 'total_tokens': len(ids)}, 'system_fingerprint': server.fingerprint}
 
-    def _authorised(self) -> bool:
-        key = self.server.app.api_key
-        return key is None or self.headers.get('Authorization') == f'Bearer {key}'
+# %% ../../nbs/72_serve.ipynb #5940ab33
+class ChatMessage(pydantic.BaseModel):
+    "One chat message: a role and text or a list of parts (validated further by `request_prompt`)."
+    model_config = pydantic.ConfigDict(extra='allow', strict=True)
+    role: Literal['system', 'developer', 'user', 'assistant']
+    content: str | list[dict]
 
-    def do_GET(self):
-        app = self.server.app
-        if not self._authorised(): return self._error(ApiError(401, 'missing or wrong API key', 'authentication_error'))
-        if self.path.rstrip('/') in ('/health', '/v1/health'): return self._json(200, {'status': 'ok', 'model': app.model_id})
-        if self.path.rstrip('/') == '/v1/models':
-            return self._json(200, {'object': 'list', 'data': [{'id': app.model_id, 'object': 'model', 'owned_by': 'pangea_nb', **app.backend.identity(),
-                                                                'root': str(app.backend.identity().get('model'))}]})
-        self._error(ApiError(404, f'no route GET {self.path}', 'not_found'))
+class ChatBody(pydantic.BaseModel):
+    "The fields of a chat-completions request this server reads, with their types; unknown fields are allowed."
+    model_config = pydantic.ConfigDict(extra='allow', strict=True)
+    messages: list[ChatMessage] = pydantic.Field(min_length=1)
+    model: str | None = None
+    max_tokens: int | None = pydantic.Field(None, ge=1)
+    max_completion_tokens: int | None = pydantic.Field(None, ge=1)
+    temperature: float | None = pydantic.Field(None, ge=0)
+    n: int = 1
+    stream: bool = False
+    stop: str | list[str] | None = None
 
-    def do_POST(self):
-        app = self.server.app
-        try:
-            n = int(self.headers.get('Content-Length') or 0)
-            if n > app.max_body_bytes:
-                self.close_connection = True                       # the unread body would poison a kept-alive connection
-                raise ApiError(413, f'request body larger than {app.max_body_bytes} bytes')
-            raw = self.rfile.read(n)                               # always consume the body before answering
-            if not self._authorised(): raise ApiError(401, 'missing or wrong API key', 'authentication_error')
-            if self.path.rstrip('/') != '/v1/chat/completions': raise ApiError(404, f'no route POST {self.path} (this server offers /v1/chat/completions)', 'not_found')
-            try: body = json.loads(raw or b'null')
-            except json.JSONDecodeError as e: raise ApiError(400, f'body is not JSON: {e.msg}') from None
-            if not isinstance(body, dict): raise ApiError(400, 'body must be a JSON object')
-            out = chat_completion(app, body)
-            if body.get('stream'): return self._stream(out)
-            self._json(200, out)
-        except ApiError as e: self._error(e)
+class CompletionBody(pydantic.BaseModel):
+    "The fields of a completions request (prompt scoring)."
+    model_config = pydantic.ConfigDict(extra='allow', strict=True)
+    prompt: str | list[int]
+    model: str | None = None
+    echo: bool = False
+    logprobs: int | None = None
+    max_tokens: int | None = pydantic.Field(None, ge=0)
 
-    def _stream(self, out:dict):
-        "Server-sent events: the whole reply as one delta, then the finish reason and [DONE]."
-        base = {k: out[k] for k in ('id', 'created', 'model')} | {'object': 'chat.completion.chunk'}
-        ch = out['choices'][0]
-        events = [{**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ch['message']['content']}, 'finish_reason': None}]},
-                  {**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': ch['finish_reason']}]}]
-        data = ''.join(f'data: {json.dumps(e, ensure_ascii=False)}\n\n' for e in events) + 'data: [DONE]\n\n'
-        b = data.encode(); self.send_response(200); self.send_header('Content-Type', 'text/event-stream')
-        self.send_header('Content-Length', str(len(b))); self.end_headers(); self.wfile.write(b)
+def validation_message(e:pydantic.ValidationError) -> str:
+    "One line naming every bad field: `messages.0.role: Input should be 'system', ...`."
+    return '; '.join(f"{'.'.join(map(str, err['loc'])) or 'body'}: {err['msg']}" for err in e.errors()[:5])
+
+# %% ../../nbs/72_serve.ipynb #cd17645e
+def _error(status:int, message:str, kind:str = 'invalid_request_error') -> JSONResponse:
+    return JSONResponse({'error': {'message': message, 'type': kind, 'code': status}}, status_code=status)
+
+async def read_json(request:Request, server) -> dict:
+    "The request body as a JSON object: size-limited, read with a timeout."
+    n = request.headers.get('content-length')
+    if n is not None and (not n.isdigit() or int(n) > server.max_body_bytes):
+        raise ApiError(413 if n.isdigit() else 400, f'request body larger than {server.max_body_bytes} bytes' if n.isdigit() else 'bad Content-Length')
+    async def body():
+        chunks, size = [], 0
+        async for c in request.stream():
+            size += len(c)
+            if size > server.max_body_bytes: raise ApiError(413, f'request body larger than {server.max_body_bytes} bytes')
+            chunks.append(c)
+        return b''.join(chunks)
+    try: raw = await asyncio.wait_for(body(), server.read_timeout)
+    except asyncio.TimeoutError: raise ApiError(408, f'request body not received within {server.read_timeout:.0f} s', 'timeout') from None
+    try: obj = json.loads(raw or b'null')
+    except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ApiError(400, f'body is not JSON: {e}') from None
+    if not isinstance(obj, dict): raise ApiError(400, 'body must be a JSON object')
+    return obj
+
+# %% ../../nbs/72_serve.ipynb #ba11ea00
+def make_app(server) -> Starlette:
+    "The Starlette app of a `ChatServer`: health, models, chat completions, completions; every error a JSON body."
+    def authorised(request): return server.api_key is None or request.headers.get('authorization') == f'Bearer {server.api_key}'
+    def guarded(fn):
+        async def endpoint(request:Request):
+            try:
+                if not authorised(request): raise ApiError(401, 'missing or wrong API key', 'authentication_error')
+                return await fn(request)
+            except ApiError as e: return _error(e.status, e.message, e.kind)
+            except pydantic.ValidationError as e: return _error(400, validation_message(e))
+            except Exception as e: return _error(500, f'{type(e).__name__}: {e}', 'server_error')
+        return endpoint
+    async def health(request): return JSONResponse({'status': 'ok', 'model': server.model_id})
+    async def models(request):
+        ident = server.backend.identity()
+        return JSONResponse({'object': 'list', 'data': [{'id': server.model_id, 'object': 'model', 'owned_by': 'pangea_nb', **ident,
+                                                         'root': str(ident.get('model'))}]})
+    async def chat(request):
+        body = await read_json(request, server); ChatBody.model_validate(body)
+        out = await run_in_threadpool(chat_completion, server, body)
+        return _sse(out) if body.get('stream') else JSONResponse(out)
+    async def completions(request):
+        body = await read_json(request, server); CompletionBody.model_validate(body)
+        return JSONResponse(await run_in_threadpool(completion, server, body))
+    async def http_error(request, exc): return _error(exc.status_code, f'{exc.detail}: {request.method} {request.url.path}', 'not_found' if exc.status_code == 404 else 'invalid_request_error')
+    routes = [Route(p, guarded(health), methods=['GET']) for p in ('/health', '/v1/health')] + [
+        Route('/v1/models', guarded(models), methods=['GET']), Route('/v1/chat/completions', guarded(chat), methods=['POST']),
+        Route('/v1/completions', guarded(completions), methods=['POST'])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error})
+
+def _sse(out:dict) -> Response:
+    "Server-sent events: the whole reply as one delta, then the finish reason and [DONE]."
+    base = {k: out[k] for k in ('id', 'created', 'model')} | {'object': 'chat.completion.chunk'}
+    ch = out['choices'][0]
+    events = [{**base, 'choices': [{'index': 0, 'delta': {'role': 'assistant', 'content': ch['message']['content']}, 'finish_reason': None}]},
+              {**base, 'choices': [{'index': 0, 'delta': {}, 'finish_reason': ch['finish_reason']}]}]
+    return Response(''.join(f'data: {json.dumps(e, ensure_ascii=False)}\n\n' for e in events) + 'data: [DONE]\n\n', media_type='text/event-stream')
 
 # %% ../../nbs/72_serve.ipynb #584fc995
 class ChatServer:
-    "An OpenAI-compatible chat-completions server over a `Backend` (start with `start()` or `serve_forever()`)."
+    "An OpenAI-compatible server over a `Backend` on uvicorn (start with `start()` or `serve_forever()`)."
     def __init__(self, backend:Backend, model_id:str | None = None, host:str = '127.0.0.1', port:int = 8000, batch_size:int = 8,
                  batch_wait:float = 0.02, default_max_tokens:int = 256, max_tokens_cap:int = 2048, request_timeout:float = 600.0,
-                 max_body_bytes:int = 50_000_000, max_image_bytes:int = 20_000_000, api_key:str | None = None, verbose:bool = False):
+                 max_body_bytes:int = 50_000_000, max_image_bytes:int = 20_000_000, api_key:str | None = None, verbose:bool = False,
+                 max_prompt_tokens:int = 32768, read_timeout:float = 30.0, backlog:int = 2048, limit_concurrency:int = 512):
         self.backend, self.model_id = backend, model_id or Path(str(backend.identity().get('model'))).name or 'model'
         self.default_max_tokens, self.max_tokens_cap, self.request_timeout = default_max_tokens, max_tokens_cap, request_timeout
         self.max_body_bytes, self.max_image_bytes, self.api_key, self.verbose = max_body_bytes, max_image_bytes, api_key, verbose
+        self.max_prompt_tokens, self.read_timeout = max_prompt_tokens, read_timeout
         self.fingerprint = f"pangea-{backend.identity().get('revision', '')}"
         self.batcher = Batcher(backend, batch_size, batch_wait)
-        self.httpd = ThreadingHTTPServer((host, port), _Handler); self.httpd.daemon_threads = True; self.httpd.app = self
-        self.url = f'http://{host}:{self.httpd.server_address[1]}/v1'
+        self.sock = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); self.sock.bind((host, port)); self.sock.listen(backlog)
+        self.uv = uvicorn.Server(uvicorn.Config(make_app(self), backlog=backlog, limit_concurrency=limit_concurrency, timeout_keep_alive=5, timeout_graceful_shutdown=2,
+                                                lifespan='off', log_level='info' if verbose else 'warning', access_log=verbose))
+        self.url, self._thread = f'http://{host}:{self.sock.getsockname()[1]}/v1', None
 
     def start(self) -> 'ChatServer':
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start(); return self
-    def serve_forever(self): self.httpd.serve_forever()
-    def close(self): self.httpd.shutdown(); self.httpd.server_close(); self.batcher.close()
+        "Serve from a background thread; returns once the server accepts connections."
+        self._thread = threading.Thread(target=self.uv.run, kwargs={'sockets': [self.sock]}, daemon=True); self._thread.start()
+        while not self.uv.started and self._thread.is_alive(): time.sleep(0.01)
+        return self
+    def serve_forever(self): self.uv.run(sockets=[self.sock])          # uvicorn stops on SIGINT/SIGTERM
+    def close(self):
+        self.uv.should_exit = True
+        if self._thread: self._thread.join(10)
+        self.sock.close(); self.batcher.close()
 
 # %% ../../nbs/72_serve.ipynb #6d01952b
 def serve_model_kind(model:str) -> str:

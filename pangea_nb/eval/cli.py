@@ -14,7 +14,8 @@ from ..contracts import read_jsonl, write_results, atomic_write_text, append_jso
 from .tasks import get_task, select_items, resolve_images, score_predictions, item_where
 
 # %% auto #0
-__all__ = ['PUBLISHED', 'eval_inspect', 'eval_run', 'check_judge', 'eval_score', 'published_for', 'eval_report', 'predict']
+__all__ = ['PUBLISHED', 'eval_inspect', 'eval_run', 'check_predictions', 'split_invalid', 'check_judge', 'eval_score',
+           'published_for', 'eval_report', 'predict']
 
 # %% ../../nbs/45_eval_cli.ipynb #992c8ff0
 def _required(**kw):
@@ -78,8 +79,14 @@ def eval_run(task:str=None,            # benchmark name
              temperature:float=None,   # > 0 samples (default: the task's own, 0 = greedy)
              context_policy:str='truncate-left',   # prompts over the model's context: truncate-left | skip | off
              shots:int=None,           # few-shot examples per prompt (text tasks; default: the task's own, 0)
-             tasks:str=None):          # a suite: comma-separated tasks or a bundle name; then --data is SUITE.yaml and --out a folder
-    "Predict a benchmark with a model into a JSONL file of {id, prediction, scores?}; resumes an interrupted run."
+             tasks:str=None,           # a suite: comma-separated tasks or a bundle name; then --data is SUITE.yaml and --out a folder
+             model_name:str=None,      # served model to ask for (default: the one GET /v1/models lists)
+             tokenizer:str=None,       # served loglik: the checkpoint folder whose chat template and tokenizer render prompts
+             concurrency:int=4,        # served: requests in flight per endpoint
+             timeout:float=120.0,      # served: seconds to wait for one reply (retried on timeouts and 5xx)
+             cache:str=None,           # reply cache folder (default $PANGEA_HOME/cache/replies)
+             no_cache:bool=False):     # neither read nor write the reply cache
+    "Predict a benchmark with a model (checkpoint, preset, server URL or backend spec) into a JSONL file; resumes an interrupted run."
     if tasks:                                   # eval.suite builds on this module: imported here, not at the top
         from pangea_nb.eval.suite import run_suite
         return run_suite(tasks, data, model, out, images=images, split=split, langs=langs, limit=limit, mode=mode, batch_size=batch_size,
@@ -88,7 +95,7 @@ def eval_run(task:str=None,            # benchmark name
     _required(task=task, data=data, model=model, out=out)
     from pangea_nb.config import EvalConfig
     EvalConfig(mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit)       # validates the values
-    from pangea_nb.model.infer import load_predictor
+    from pangea_nb.eval.served import open_predictor, record_identity
     from pangea_nb.eval.infer import run_task
     from pangea_nb.eval.suite import few_shot_task, report_generation
     t = few_shot_task(get_task(task), data, shots, split=split)
@@ -96,13 +103,51 @@ def eval_run(task:str=None,            # benchmark name
     items = select_items(t, data, split=split, langs=langs, limit=limit)
     items, miss = resolve_images(t, items, images, skip_missing=skip_missing, rejects=f'{out}.rejects.jsonl')
     if miss: print(f'skipped {len(miss)} items with missing images (listed in {out}.rejects.jsonl)')
-    r = run_task(t, items, load_predictor(model, device=device), out, mode=mode, batch_size=batch_size,
-                 max_new_tokens=max_new_tokens, model_name=model, context_policy=context_policy,
+    pred, ident = open_predictor(model, model_name, tokenizer, device, concurrency, timeout, cache, use_cache=not no_cache)
+    record_identity(out, ident, check_only=True)                  # a file of another revision is refused before any call
+    r = run_task(t, items, pred, out, mode=mode, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                 model_name=ident['model'] if ident['backend'] == 'http' else model, context_policy=context_policy,
                  gen={'stop': [x.replace('\\n', '\n') for x in stop] if stop else None, 'temperature': temperature})
+    record_identity(out, ident)
+    r.update(identity=ident, cache_hits=getattr(pred, 'hits', None), cache_misses=getattr(pred, 'misses', None))
     r['skipped_missing_images'] = len(miss)
     report_generation(t.name, r)
     print(f'{task}: wrote {r["written"]} predictions ({r["skipped_done"]} already done) to {out} in {r["seconds"]:.1f} s')
     return r
+
+# %% ../../nbs/45_eval_cli.ipynb #6aababcc
+def check_predictions(path, known_ids:set, on_duplicate:str = 'error', on_unknown:str = 'error') -> tuple[dict, dict]:
+    "`{id: prediction}` of a predictions JSONL checked against the task's ids, and the counts of what was wrong."
+    if on_duplicate not in ('error', 'first', 'last'): raise ValueError(f'--on-duplicate must be error, first or last, got {on_duplicate!r}')
+    if on_unknown not in ('error', 'ignore'): raise ValueError(f'--on-unknown must be error or ignore, got {on_unknown!r}')
+    preds, dups, unknown, invalid = {}, [], [], {}
+    for n, r in enumerate(read_jsonl(path), 1):
+        if not isinstance(r, dict) or 'id' not in r or 'prediction' not in r: raise ValueError(f'{path}: record {n}: needs "id" and "prediction"')
+        i, v = r['id'], r['prediction']
+        if not isinstance(i, str): raise ValueError(f'{path}: record {n}: field "id" must be a string, got {type(i).__name__} {_json.dumps(i)[:60]}')
+        if i not in known_ids: unknown.append(i); continue
+        if i in preds or i in invalid:
+            dups.append(i)
+            if on_duplicate != 'last': continue
+        if isinstance(v, str): preds[i] = v; invalid.pop(i, None)
+        else: invalid[i] = type(v).__name__; preds.pop(i, None)
+    def refuse(what, ids, flag):
+        raise ValueError(f'{path}: {len(ids)} {what} (e.g. {sorted(set(ids))[:5]}); pass {flag} to resolve them')
+    if dups and on_duplicate == 'error': refuse('duplicate ids', dups, '--on-duplicate first|last')
+    if unknown and on_unknown == 'error': refuse('ids not in the task\'s split', unknown, '--on-unknown ignore')
+    return preds, {'duplicate_ids': len(dups), 'unknown_ids': len(unknown), 'invalid_predictions': len(invalid),
+                   'duplicate_examples': sorted(set(dups))[:20], 'unknown_examples': sorted(set(unknown))[:20],
+                   'invalid_examples': [{'id': k, 'type': v} for k, v in sorted(invalid.items())[:20]], 'invalid_ids': sorted(invalid)}
+
+def split_invalid(res:dict, items:list, checks:dict) -> dict:
+    "Move invalid predictions (scored as missing, i.e. wrong) out of the missing counts into their own, per language."
+    inv, lang = set(checks.pop('invalid_ids')), {it.id: it.lang for it in items}
+    by = {}
+    for i in inv & set(lang): by[lang[i]] = by.get(lang[i], 0) + 1
+    res['missing_by_lang'] = {l: c - by.get(l, 0) for l, c in res['missing_by_lang'].items() if c - by.get(l, 0)}
+    res['summary']['missing'] -= sum(by.values())
+    res.update(checks, invalid_by_lang=by)
+    return res
 
 # %% ../../nbs/45_eval_cli.ipynb #9a2993dd
 def check_judge(t, judge):
@@ -121,16 +166,16 @@ def eval_score(task:str=None,          # benchmark name
                out:str=None,           # write results JSON here
                run_id:str=None,        # run id for the result rows (default: predictions file name)
                step:int=None,          # training step the checkpoint was taken at
-               language_rule:str=None):   # judge: which wrong-language replies score 0 (english-reply | any-mismatch | off; default the task's)
+               language_rule:str=None,    # judge: which wrong-language replies score 0 (english-reply | any-mismatch | off; default the task's)
+               on_duplicate:str='error',  # an id given twice: error | first | last
+               on_unknown:str='error'):   # an id not in the task's split: error | ignore
     "Score predictions: per-language results, English and multilingual (non-English mean) summary, missing ids."
     _required(task=task, data=data, predictions=predictions)
     t = get_task(task); check_judge(t, judge)
     if not Path(predictions).is_file(): raise FileNotFoundError(f'predictions file {predictions} does not exist')
     items = select_items(t, data, split=split, langs=langs, limit=limit)
-    preds = {}
-    for n, r in enumerate(read_jsonl(predictions), 1):
-        if 'id' not in r or 'prediction' not in r: raise ValueError(f'{predictions}: line {n}: needs "id" and "prediction"')
-        preds[r['id']] = r['prediction']
+    known = items if split is None and langs is None and limit is None else select_items(t, data, split=split)
+    preds, checks = check_predictions(predictions, {it.id for it in known}, on_duplicate, on_unknown)
     meta_p = Path(predictions + '.meta.json')
     meta = _json.loads(meta_p.read_text()) if meta_p.exists() else {}
     if language_rule and not judge: raise ValueError('--language-rule applies to judge-scored tasks (with --judge)')
@@ -139,6 +184,10 @@ def eval_score(task:str=None,          # benchmark name
     from pangea_nb.eval.suite import loglik_norm_rows    # eval.suite builds on this module: imported here, not at the top
     res['results'] += loglik_norm_rows(t, items, predictions, run_id=run_id or Path(predictions).stem, step=step)
     if judge: res.update(t.judge_report())      # judge identity, rule, failures (never filled with a score)
+    split_invalid(res, items, checks)
+    if meta.get('mode', 'generate') == 'generate':             # answer-language fidelity of generated replies (eval.langfid)
+        from pangea_nb.eval.langfid import language_rows
+        res['results'] += language_rows(t, items, preds, run_id=run_id or Path(predictions).stem, step=step)
     res.update(model=meta.get('model'), mode=meta.get('mode'), predictions=str(predictions),
                selection={'split': split or t.default_split, 'langs': langs, 'limit': limit})
     if out: write_results(out, res['results'], **{k: v for k, v in res.items()})
@@ -147,7 +196,8 @@ def eval_score(task:str=None,          # benchmark name
         s = res['summary']; f = lambda v: '-' if v is None else f'{v:.1f}'
         for r in res['results']: print(f'{r["lang"]:<8}{r["metric"]:<18}{r["value"]:7.2f}  n={r["n"]}')
         print(f'{task} {s["metric"]}: en {f(s["en"])} | mul {f(s["mul"])} (mean of {len(s["mul_langs"])} non-English languages; English excluded) '
-              f'| missing {s["missing"]} | unparsed {s["unparsed"]}')
+              f'| missing {s["missing"]} | unparsed {s["unparsed"]} | invalid {res["invalid_predictions"]} '
+              f'| duplicate ids {res["duplicate_ids"]} | unknown ids {res["unknown_ids"]} (missing and invalid items score as wrong)')
         if judge: print(f'judge {res["judge"]["identity"]}: {res["judge_failures"]} failures (excluded, listed in {predictions}.judge.jsonl); '
                         f'language rule {res["judge"]["language_rule"]!r} zeroed {res["language_rule_zeroed"]}; {res["judge"]["normalisation"]}')
     return res

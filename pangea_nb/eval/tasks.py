@@ -180,12 +180,16 @@ def _find_image(task, item, root, name):
 
 # %% ../../nbs/41_eval_tasks.ipynb #6c26de96
 def score_predictions(task:Task, items:list[EvalItem], predictions:dict, run_id:str = 'eval', step:int | None = None) -> dict:
-    "Results of `predictions` (`{id: raw output}`) on `items`: rows per language, 'mul' row, summary, missing and unparsed counts."
+    "Results of `predictions` (`{id: raw output}`) on `items` (a missing one is wrong): rows per language, 'mul', summary, counts."
     by_lang, missing, unparsed = defaultdict(list), Counter(), Counter()
     for it in items:
-        if it.id not in predictions: missing[it.lang] += 1; continue
-        ans = task.parse(predictions[it.id], it)
-        if ans is None: unparsed[it.lang] += 1
+        if it.id not in predictions:             # a missing item counts as wrong (scored as no answer) and is reported
+            missing[it.lang] += 1
+            if task.judge: continue               # judge tasks: an item never judged has no score; reported as missing
+            ans = None
+        else:
+            ans = task.parse(predictions[it.id], it)
+            if ans is None: unparsed[it.lang] += 1
         by_lang[it.lang].append((it, ans, task.score_item(ans, it)))
     rows = [ResultRow(run_id, step, task.name, lang, m, float(v), len(sc))
             for lang, sc in sorted(by_lang.items()) for m, v in task.aggregate(sc).items()]
