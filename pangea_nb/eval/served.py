@@ -78,14 +78,17 @@ class ServedPredictor:
         if err: raise ServedError(f'{self.identity["model"]}: {err}')
         return val[0].strip()                       # as the in-process Predictor, which strips decoded replies
 
-    def generate(self, texts:Sequence[str], images:Sequence | None = None, max_new_tokens:int = 32) -> list[str]:
-        "Greedy replies in order; a request that fails after its retries raises (run_task writes nothing for the batch)."
+    def generate(self, texts:Sequence[str], images:Sequence | None = None, max_new_tokens:int = 32,
+                 temperature:float = 0.0, top_p:float = 1.0, seed:int | None = None) -> list[str]:
+        "Replies in order (greedy unless `temperature` > 0, as `Predictor.generate`); a request that fails after its retries raises."
         images = images or [()] * len(texts)
+        sample = {'temperature': temperature, 'top_p': top_p, **({'seed': seed} if seed is not None else {})} if temperature > 0 else {'temperature': 0}
         bodies = [{'model': self.identity['model'], 'messages': chat_messages(t, list(im), self.cfg.max_image_bytes),
-                   'max_tokens': max_new_tokens, 'temperature': 0, **self.cfg.extra_body} for t, im in zip(texts, images)]
+                   'max_tokens': max_new_tokens, **sample, **self.cfg.extra_body} for t, im in zip(texts, images)]
         return self.backend._pool(self._ask, bodies, False)
 
 # %% ../../nbs/4l_eval_served.ipynb #b83d882b
+@property
 def _processor(self:ServedPredictor):
     "The checkpoint's processor (chat template + tokenizer), loaded once from `tokenizer`; None without one."
     if self._proc is None and self.tokenizer:
@@ -110,7 +113,7 @@ def served_loglik(self:ServedPredictor, texts:Sequence[str], options:Sequence[Se
     "Sum of option-token log-probabilities after each chat-templated prompt, scored by the server."
     if images and any(len(im) for im in images):
         raise NoPromptScores('log-likelihood of image prompts cannot travel as token ids over completions: use --mode generate')
-    proc = self.processor()
+    proc = self.processor
     if proc is None: raise NoPromptScores("log-likelihood through a server needs the checkpoint's tokenizer and chat template: "
                                           'pass --tokenizer DIR (the folder the server loaded)')
     tok = getattr(proc, 'tokenizer', proc)
@@ -160,10 +163,17 @@ class CachedPredictor:
             self.cache.put({keys[i]: v for i, v in zip(todo, fresh)})
         return out
 
-    def generate(self, texts, images=None, max_new_tokens:int = 32) -> list[str]:
+    def __getattr__(self, name):
+        "Everything else (encode, model, processor, system: what the context check and the item logs read) is the inner predictor's."
+        if name == 'inner': raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def generate(self, texts, images=None, max_new_tokens:int = 32, **sample) -> list[str]:
+        "Cached replies; sampling settings (`temperature`, `top_p`, `seed`) are part of the key and passed on."
         images = images or [()] * len(texts)
-        keys = [reply_key(self.identity, 'generate', t, im, max_new_tokens=max_new_tokens, temperature=0) for t, im in zip(texts, images)]
-        return self._through(keys, lambda ix: self.inner.generate([texts[i] for i in ix], [images[i] for i in ix], max_new_tokens))
+        settings = {'max_new_tokens': max_new_tokens, 'temperature': 0, **sample}
+        keys = [reply_key(self.identity, 'generate', t, im, **settings) for t, im in zip(texts, images)]
+        return self._through(keys, lambda ix: self.inner.generate([texts[i] for i in ix], [images[i] for i in ix], max_new_tokens, **sample))
 
     def loglik(self, texts, options, images=None) -> list[list[float]]:
         images = images or [()] * len(texts)
