@@ -37,21 +37,27 @@ class ImageChecker:
         except RuntimeError: return None, f'image path {rel!r} is a symlink loop'   # Path.resolve's way of saying ELOOP
         except OSError as e: return None, _os_reason(rel, e)
 
+    def locate(self, rel) -> tuple[Path | None, os.stat_result | None, str | None]:
+        "(file, its stat, None), or (.., .., why) when the path or the file cannot be used — without opening it."
+        p, why = self.resolve(rel)
+        if why: return None, None, why
+        try: st = os.stat(p)
+        except FileNotFoundError: return p, None, f'missing image file {p}: not found'
+        except OSError as e: return p, None, _os_reason(rel, e)
+        if stat.S_ISDIR(st.st_mode): return p, st, f'image path {p} is a directory, not a file'
+        if not stat.S_ISREG(st.st_mode): return p, st, f'image path {p} is not a regular file'
+        if st.st_size == 0: return p, st, f'empty image file {p}'
+        return p, st, None
+
     def check(self, rel) -> str | None:
         "None if the image at `rel` (relative to the root) is usable, else the reason it is not."
-        p, why = self.resolve(rel)
+        p, st, why = self.locate(rel)
         if why: return why
-        try: st = os.stat(p)
-        except FileNotFoundError: return f'missing image file {p}'
-        except OSError as e: return _os_reason(rel, e)
-        if stat.S_ISDIR(st.st_mode): return f'image path {p} is a directory, not a file'
-        if not stat.S_ISREG(st.st_mode): return f'image path {p} is not a regular file'
         key = (str(p), st.st_size, st.st_mtime_ns)
         if key not in self.cache: self.cache[key] = self._check_file(p, st.st_size)
         return self.cache[key]
 
     def _check_file(self, p:Path, n:int) -> str | None:
-        if n == 0: return f'empty image file {p}'
         if n > self.max_bytes: return f'image file {p} is {n:,} bytes, above the limit of {self.max_bytes:,}'
         return self._check_pixels(p)
 
@@ -185,7 +191,7 @@ REASON_CODES = [  # (words in a reason, code counted in by_reason) — first mat
     ('not UTF-8', 'not_utf8'), ('not valid UTF-8', 'not_utf8'), ('line longer than', 'line_too_long'),
     ('nested deeper', 'too_deep'), ('malformed JSON', 'malformed_json'), ('unterminated JSON', 'malformed_json'),
     ('expected a JSON array', 'malformed_json'), ('duplicate id', 'duplicate_id'), ('missing id', 'missing_id'),
-    ('record must be a JSON object', 'wrong_type'), (' must be ', 'wrong_type'), ('unknown speaker', 'unknown_speaker'),
+    ('record must be a JSON object', 'wrong_type'), ('unknown speaker', 'unknown_speaker'),
     ('missing image file', 'image_missing'), ('empty image file', 'image_empty'), ('is a directory', 'image_not_a_file'),
     ('not a regular file', 'image_not_a_file'), ('undecodable image', 'image_undecodable'), ('oversized image', 'image_too_large'),
     ('bytes, above the limit', 'image_too_large'), ('escapes the data root', 'image_unsafe_path'), ('must be relative', 'image_unsafe_path'),
@@ -193,7 +199,7 @@ REASON_CODES = [  # (words in a reason, code counted in by_reason) — first mat
     ('cannot be read', 'image_unreadable'), ('unknown language code', 'unknown_language'), ('empty assistant reply', 'empty_reply'),
     ('empty user turn', 'empty_turn'), ('empty system turn', 'empty_turn'), ('wrongly ordered', 'turn_order'),
     ('<image> marker', 'image_marker_mismatch'), ('does not end with an assistant', 'no_final_reply'), ('no assistant reply', 'no_final_reply'),
-    ('system turn after', 'turn_order')]
+    ('system turn after', 'turn_order'), (' must be ', 'wrong_type')]
 
 def reason_code(reason:str) -> str:
     "The short code a reason is counted under (`by_reason`), the same in validate, mix, materialize and train."
