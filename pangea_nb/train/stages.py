@@ -99,7 +99,8 @@ def stage_data(cfg:RunConfig, split:str = 'train', n:int | None = None) -> tuple
             src = p.get('id') or f'pool{i}'
             path = Path(p['path']).expanduser()
             root = p.get('root') or p.get('image_root') or path.parent
-            got, rej = read_pool_samples(path, src, root, p.get('lang_source'), cfg.data.max_image_pixels); rejects += rej
+            codes = p.get('lang_source') or ('pangeains' if p['kind'] == 'pangeains' else None)   # the release's alias table
+            got, rej = read_pool_samples(path, src, root, codes, cfg.data.max_image_pixels); rejects += rej
             loaders[src] = ImageFolder(root, cfg.data.max_image_pixels)
         else: raise ConfigError(f"DataConfig.pools[{i}]: kind {p['kind']!r} is read through the mixture builder (pangea data mix), "
                                 "whose LLaVA output is a 'llava' pool")
