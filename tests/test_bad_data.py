@@ -125,3 +125,8 @@ def test_bad_corpus_through_validate_mix_materialize_train(tmp_path):
     assert trained == {'img-bomb', 'img-junk'}, trained
     assert json.loads((run/'done.json').read_text())['step'] == 2
     assert all(r['reason'] for r in read_rej)
+
+def test_a_folder_given_as_data_is_one_line(tmp_path):
+    (tmp_path/'d.jsonl').mkdir()
+    r = subprocess.run([str(BIN/'pangea'), 'data', 'validate', str(tmp_path/'d.jsonl')], capture_output=True, text=True, env=env1())
+    assert r.returncode == 1 and 'is a directory' in r.stderr and 'Traceback' not in r.stderr, r.stderr

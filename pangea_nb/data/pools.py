@@ -101,7 +101,7 @@ class JsonPool(Pool):
         super().__init__(spec, cache_dir, tokenizer)
         self.path = Path(spec['path'])
         if not self.path.exists(): raise FileNotFoundError(f'pool {self.id}: {self.path}: no such file')
-        if self.path.is_dir(): raise IsADirectoryError(f'pool {self.id}: {self.path}: is a directory, not a .json/.jsonl file')
+        if self.path.is_dir(): raise ValueError(f'pool {self.id}: {self.path}: is a directory, not a .json/.jsonl file')
         self.root = Path(spec.get('root') or self.path.parent)
         self.records = self.path if self.path.suffix == '.jsonl' else self.cache/'records.jsonl'
         self._ns_spec = {**spec, 'group_ns': spec.get('group_ns', f'{self.id}:')}   # ids are only unique within a file

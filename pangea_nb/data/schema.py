@@ -284,7 +284,7 @@ def iter_records(path, on_error=None) -> Iterator[tuple[int, dict]]:
     "Stream `(index, record)` from a `.json` array or `.jsonl` file; unreadable records go to `on_error(RecordError)` (default: raise)."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'{path}: no such file')
-    if path.is_dir(): raise IsADirectoryError(f'{path}: is a directory, not a .json/.jsonl file')
+    if path.is_dir(): raise RecordError('is a directory, not a .json/.jsonl file', path)
     if path.suffix == '.jsonl': yield from ((i, rec) for i, _, rec in iter_jsonl(path, on_error))
     else: yield from _iter_json_array(path, on_error)
 
