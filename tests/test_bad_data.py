@@ -15,7 +15,7 @@ CONV = [{'from': 'human', 'value': '<image>\nWhat colour is it?'}, {'from': 'gpt
 TEXT = [{'from': 'human', 'value': 'Say hello.'}, {'from': 'gpt', 'value': 'Hello.'}]
 
 def make_corpus(d:Path) -> dict:
-    """Two files (JSONL and a JSON array) under `d` with 56 distinct bad inputs among 13 good records.
+    """Two files (JSONL and a JSON array) under `d` with 60 distinct bad inputs (55 + 5) among 13 good records.
 
     Returns {file name: (number of records, set of indices of the bad ones, ids of bad records only a decode can find)}."""
     import io, struct, zlib
@@ -75,7 +75,7 @@ def test_bad_corpus_through_validate_mix_materialize_train(tmp_path):
     d = tmp_path/'corpus'; d.mkdir()
     files = make_corpus(d)
     n_in = {f: n for f, (n, _, _) in files.items()}
-    assert sum(len(b) for _, b, _ in files.values()) >= 40        # distinct bad inputs
+    assert sum(len(b) for _, b, _ in files.values()) == 60        # distinct bad inputs (at least 40 asked)
     n_good = sum(n - len(b) for n, b, _ in files.values())
     # validate: each file on its own
     for f, (n, bad, _) in files.items():
