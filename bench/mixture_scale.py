@@ -1,7 +1,10 @@
 """Mixture builder at PangeaIns scale: 6M metadata rows over Pangea's 39 languages, manifests of N = 1M, 3M, 6M.
 
 Goal (issue 3): at N = 6M, <= 60 s wall time and <= 2 GB peak RSS on this machine.
-Each N runs in a fresh process, so its peak RSS is its own. The metadata is generated once (timed separately) and
+Each N runs in a fresh process, so its peak RSS is its own. With the data checks of issue 18 on, a pool's scan (the
+one record reader and checker, image headers and path safety, duplicate ids) is timed on `--scan-rows` PangeaIns-like
+JSONL records, each with its own JPEG, and extrapolated to 6M rows: first scan, and a rescan whose image verdicts come
+from the (path, size, mtime) cache. The metadata is generated once (timed separately) and
 loaded by every run. Baseline, in the same process as the N=1M run: the obvious pandas implementation
 (`groupby(['lang', 'source']).sample(n=...)`), printed as a ratio.
 
@@ -66,10 +69,42 @@ def run_one(meta_path: str, n: int, allow_parallel: bool, baseline: bool) -> dic
         out['pandas_baseline_s'], out['pandas_baseline_cpu_s'] = round(time.perf_counter() - t0, 2), round(time.process_time() - c0, 2)
     return out
 
+def scan_bench(n: int) -> dict:
+    "Seconds per record of a JsonPool scan with checks on: text-only records, records with images (headers), cached rescan."
+    import io
+    from PIL import Image
+    from pangea_nb.data.pools import JsonPool
+    b = io.BytesIO(); Image.new('RGB', (32, 24), (30, 90, 160)).save(b, 'JPEG'); jpg = b.getvalue()
+    conv = lambda i: [{'from': 'human', 'value': f'<image>\nWhat is shown in picture {i}?'}, {'from': 'gpt', 'value': f'A blue square, number {i}.'}]
+    out = {'rows': n}
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        for k in range(0, n, 1000): (d/'images'/f'{k // 1000:04d}').mkdir(parents=True)
+        t0 = time.perf_counter()
+        for i in range(n): (d/'images'/f'{i // 1000:04d}'/f'{i}.jpg').write_bytes(jpg)
+        out['write_images_s'] = round(time.perf_counter() - t0, 2)
+        with open(d/'text.jsonl', 'w') as f:
+            for i in range(n): f.write(json.dumps({'id': f't{i}', 'language': 'sw', 'conversations': [
+                {'from': 'human', 'value': f'Question {i}?'}, {'from': 'gpt', 'value': f'Answer {i}.'}]}) + '\n')
+        with open(d/'img.jsonl', 'w') as f:
+            for i in range(n): f.write(json.dumps({'id': f'i{i}', 'image': f'images/{i // 1000:04d}/{i}.jpg', 'language': 'sw', 'conversations': conv(i)}) + '\n')
+        (d/'warm.jsonl').write_text(json.dumps({'id': 'w', 'language': 'sw', 'conversations': conv(0)[1:]}) + '\n')
+        JsonPool({'id': 'warm', 'path': str(d/'warm.jsonl')}, d/'cache').meta()   # imports and the language registry, once
+        for name, file in (('text_only', 'text.jsonl'), ('with_images', 'img.jsonl')):
+            t0, c0 = time.perf_counter(), time.process_time()
+            m = JsonPool({'id': name, 'path': str(d/file)}, d/'cache').meta()
+            out[f'{name}_s'], out[f'{name}_cpu_s'], out[f'{name}_kept'] = round(time.perf_counter() - t0, 2), round(time.process_time() - c0, 2), m.num_rows
+        os.utime(d/'img.jsonl')   # the records file changed: a rescan, with the image verdicts cached
+        t0, c0 = time.perf_counter(), time.process_time()
+        JsonPool({'id': 'with_images', 'path': str(d/'img.jsonl')}, d/'cache').meta()
+        out['rescan_s'], out['rescan_cpu_s'] = round(time.perf_counter() - t0, 2), round(time.process_time() - c0, 2)
+    return out
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--rows', type=int, default=6_000_000)
     ap.add_argument('--sizes', default='1000000,3000000,6000000')
+    ap.add_argument('--scan-rows', type=int, default=20_000, help='records of the timed pool scan with checks on (0: skip)')
     ap.add_argument('--child', nargs=4, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -96,6 +131,17 @@ def main():
                          f"{res['pandas_baseline_cpu_s'] / max(res['select_cpu_s'], 1e-9):.2f}x")
             ok = res['build_s'] + res['load_s'] <= 60 and res['peak_rss_gb'] <= 2
             print(line + ('' if n < 6_000_000 else f"   goal (<= 60 s, <= 2 GB): {'met' if ok else 'NOT met'}"))
+    if a.scan_rows:
+        r = scan_bench(a.scan_rows)
+        per = lambda k: r[k] / r['rows']
+        print(f"pool scan with checks on, {r['rows']:,} records: text-only {r['text_only_s']:.2f} s ({r['text_only_cpu_s']:.2f} s CPU); "
+              f"with one JPEG each (header + path checks) {r['with_images_s']:.2f} s ({r['with_images_cpu_s']:.2f} s CPU); "
+              f"rescan with cached image verdicts {r['rescan_s']:.2f} s ({r['rescan_cpu_s']:.2f} s CPU); all kept: "
+              f"{r['text_only_kept'] == r['with_images_kept'] == r['rows']}")
+        for unit in ('s', 'cpu_s'):
+            print(f"  extrapolated to {a.rows:,} rows ({'wall' if unit == 's' else 'CPU'}; one scan, cached for later mixes): "
+                  f"text-only {per('text_only_' + unit) * a.rows / 60:.1f} min, with images {per('with_images_' + unit) * a.rows / 60:.1f} min, "
+                  f"rescan {per('rescan_' + unit) * a.rows / 60:.1f} min")
 
 if __name__ == '__main__':
     main()

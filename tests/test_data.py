@@ -103,7 +103,7 @@ def test_mix_cli_exact_composition_and_materialize(tmp_path):
     cfg = DataConfig(n_samples=120, english_ratio=0.25, synth_langs=['en', 'sw', 'ja', 'ar'], seed=5,
                      lang_proportions={'sw': 2, 'ja': 1, 'ar': 1}, source_quotas={}, allow_parallel=False)
     cfg.save(tmp_path/'mix.yaml')
-    st = json.loads(pangea('data', 'mix', tmp_path/'mix.yaml', '--out', tmp_path/'m').stdout)
+    st = json.loads(pangea('data', 'mix', tmp_path/'mix.yaml', '--out', tmp_path/'m', '--json').stdout)
     assert st['selected'] == 120 and st['by_language'] == {'en': 30, 'sw': 45, 'ja': 23, 'ar': 22}
     man = pq.read_table(tmp_path/'m'/'manifest.parquet')
     assert man.num_rows == 120 and len(set(man['group'].to_pylist())) == 120          # no item with its translation
@@ -113,7 +113,7 @@ def test_mix_cli_exact_composition_and_materialize(tmp_path):
     # the same config and seed give the same manifest
     pangea('data', 'mix', tmp_path/'mix.yaml', '--out', tmp_path/'m2')
     assert pq.read_table(tmp_path/'m2'/'manifest.parquet').equals(man)
-    res = json.loads(pangea('data', 'materialize', tmp_path/'m', '--shard-size', 50).stdout)
+    res = json.loads(pangea('data', 'materialize', tmp_path/'m', '--shard-size', 50, '--json').stdout)
     assert res['rows'] == 120 and len(res['shards']) == 3
     got = [s for f in res['shards'] for s in read_samples(tmp_path/'m'/f)]
     assert [s.provenance['mixture_pool'] for s in got] == man['pool'].to_pylist()
@@ -132,13 +132,13 @@ def test_mix_cli_small_pool_policies(tmp_path):
     r = pangea('data', 'mix', tmp_path/'err.yaml', '--out', tmp_path/'e', check=False)
     assert r.returncode == 1 and 'too small: language en' in r.stderr and 'needs 30 samples but holds 10' in r.stderr
     DataConfig(**base, small_pool='repeat').save(tmp_path/'rep.yaml')
-    st = json.loads(pangea('data', 'mix', tmp_path/'rep.yaml', '--out', tmp_path/'r').stdout)
+    st = json.loads(pangea('data', 'mix', tmp_path/'rep.yaml', '--out', tmp_path/'r', '--json').stdout)
     assert st['selected'] == 60 and st['by_language']['en'] == 30
     assert any(e.get('action') == 'repeat' and e['lang'] == 'en' for e in st['events'])
     DataConfig(**base, small_pool='cap').save(tmp_path/'cap.yaml')
-    st = json.loads(pangea('data', 'mix', tmp_path/'cap.yaml', '--out', tmp_path/'c').stdout)
+    st = json.loads(pangea('data', 'mix', tmp_path/'cap.yaml', '--out', tmp_path/'c', '--json').stdout)
     assert st['by_language']['en'] == 10 and st['selected'] < 60
-    res = json.loads(pangea('data', 'materialize', tmp_path/'r').stdout)
+    res = json.loads(pangea('data', 'materialize', tmp_path/'r', '--json').stdout)
     ids = [json.loads(l)['id'] for l in (tmp_path/'r'/res['shards'][0]).read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 60   # repeated rows get distinct ids
 
@@ -169,7 +169,7 @@ def test_release_layouts_extract_validate_mix(tmp_path):
     assert (rep['total'], rep['rejected']) == (6, 0)
     DataConfig(n_samples=16, english_ratio=0.5, small_pool='repeat', pools=[
         {'id': 'pi', 'kind': 'pangeains', 'path': str(pi)}, {'id': 'lp', 'kind': 'llava_pretrain', 'path': str(lp)}]).save(tmp_path/'mix.yaml')
-    st = json.loads(pangea('data', 'mix', tmp_path/'mix.yaml', '--out', tmp_path/'m', '--materialize-jsonl').stdout)
+    st = json.loads(pangea('data', 'mix', tmp_path/'mix.yaml', '--out', tmp_path/'m', '--materialize-jsonl', '--json').stdout)
     assert st['selected'] == 16 and st['by_language']['en'] == 8
     shard = tmp_path/'m'/st['materialized']['shards'][0]
     rep = json.loads(pangea('data', 'validate', shard, '--root', tmp_path/'m', '--json').stdout)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from ..config import BaseConfig, write_manifest, config_hash
 from ..contracts import safe_join, UnsafePathError, atomic_write_json
-from ..data.schema import IMAGE_TOKEN, Sample, Turn, iter_records, to_llava, from_llava, RecordError
+from ..data.schema import IMAGE_TOKEN, Sample, Turn, iter_records, to_llava, from_llava, RecordError, record_id, check_field_types
 from ..languages import normalise_lang, lang_name, check_language
 from ..backends.core import Backend, Prompt, ReplyCache, CachedBackend, load_backend, open_image
 from .runner import Ledger, run_units, stage_report, write_report
@@ -42,9 +42,8 @@ class Pair:
 def read_pair(rec:dict, lang_source:str | None = None) -> Pair:
     "A `Pair` from a LAION-style or LLaVA record; raises `RecordError` naming the field."
     if not isinstance(rec, dict): raise RecordError('record must be a JSON object')
-    rid = rec.get('id', rec.get('key', rec.get('SAMPLE_ID')))
-    if rid in (None, ''): raise RecordError('missing id', field='id')
-    rid = str(int(rid)) if isinstance(rid, float) and rid.is_integer() else str(rid)
+    rid = record_id({'id': rec.get('id', rec.get('key', rec.get('SAMPLE_ID')))})   # the schema's id rule (strings, numbers)
+    check_field_types(rec, None, rid)                                              # and its field types
     img = rec.get('image', rec.get('path'))
     if isinstance(img, list): img = img[0] if len(img) == 1 else None
     if not isinstance(img, str) or not img: raise RecordError('no local image path (exactly one image is needed)', None, rid, 'image')

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 from ..config import DataConfig, ConfigError, write_manifest
-from ..contracts import atomic_open, atomic_write_json, safe_join, save_fig, new_figure
+from ..contracts import atomic_open, atomic_write_json, safe_join, save_fig, new_figure, read_jsonl
 from .pools import Pool, make_pool, default_pools, POOL_TYPES, META_SCHEMA
-from .schema import write_samples, Sample
+from .schema import write_samples, Sample, RecordError
+from .validate import reason_code, summary_counts, print_summary
 
 # %% auto #0
-__all__ = ['allocate', 'lang_targets', 'source_targets', 'select', 'load_pools', 'pool_meta', 'mixture_stats', 'plot_composition',
-           'build_mixture', 'ManifestPool', 'materialize', 'mix_cli', 'materialize_cli']
+__all__ = ['allocate', 'lang_targets', 'source_targets', 'select', 'load_pools', 'pool_meta', 'mixture_stats',
+           'write_pool_rejects', 'plot_composition', 'build_mixture', 'ManifestPool', 'materialize', 'mix_cli',
+           'materialize_cli']
 
 # %% ../../nbs/16_mixture.ipynb #caef83a0
 def allocate(total:int, weights) -> np.ndarray:
@@ -187,8 +189,8 @@ def select(meta:pa.Table, cfg:DataConfig) -> tuple[np.ndarray, np.ndarray, dict]
     return idx[perm], passes[perm], stats
 
 # %% ../../nbs/16_mixture.ipynb #9718039c
-def load_pools(cfg:DataConfig, cache_dir, tokenizer:str | None = None) -> list[Pool]:
-    "The pools of `cfg` (the synthetic default when `cfg.pools` is empty)."
+def load_pools(cfg:DataConfig, cache_dir, tokenizer:str | None = None, decode_images:bool = False) -> list[Pool]:
+    "The pools of `cfg` (the synthetic default when `cfg.pools` is empty); `decode_images`: file pools fully decode every image at scan."
     specs = cfg.pools or default_pools(cfg)
     ids = [p.get('id') for p in specs]
     dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -197,6 +199,7 @@ def load_pools(cfg:DataConfig, cache_dir, tokenizer:str | None = None) -> list[P
     out = []
     for p in specs:
         if root and p.get('path') and not Path(p['path']).is_absolute(): p = {**p, 'path': str(safe_join(root, p['path']))}
+        if decode_images and p.get('kind') in ('llava', 'pangeains', 'llava_pretrain'): p = {**p, 'decode_images': True}
         out.append(make_pool(p, cache_dir, tokenizer))
     return out
 
@@ -225,6 +228,14 @@ def mixture_stats(man:pa.Table, sel_stats:dict, cfg:DataConfig, pools:list[Pool]
             'parallel_dropped': sel_stats['parallel_dropped'], 'events': sel_stats['events'],
             'pool_rejects': {p.id: p.rejects() for p in pools or []}}
 
+# %% ../../nbs/16_mixture.ipynb #c622a820
+def write_pool_rejects(pools:list[Pool], path, kept:int) -> dict:
+    "Every pool's rejects in one file (`OUT/rejects.jsonl`, rows tagged `stage: mix`); validate's summary keys."
+    rows = [{**r, 'pool': p.id, 'stage': 'mix'} for p in pools for r in p.reject_rows()]
+    with atomic_open(path) as f:
+        for r in rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + '\n')
+    return summary_counts(rows, kept + len(rows), path)
+
 # %% ../../nbs/16_mixture.ipynb #67a871f5
 def plot_composition(man:pa.Table, axes=None, top:int = 40):
     "Samples per language stacked by source (left) and per task (right), like Pangea's data-distribution chart; (fig, data)."
@@ -247,16 +258,18 @@ def plot_composition(man:pa.Table, axes=None, top:int = 40):
     return ax.figure, data
 
 # %% ../../nbs/16_mixture.ipynb #cab5528f
-def build_mixture(cfg:DataConfig, out_dir, tokenizer:str | None = None, figure:bool = True) -> dict:
-    "Select a mixture per `cfg` and write manifest.parquet, stats.json, config.yaml, manifest.json and the figure."
+def build_mixture(cfg:DataConfig, out_dir, tokenizer:str | None = None, figure:bool = True, decode_images:bool = False) -> dict:
+    "Select a mixture per `cfg` and write manifest.parquet, stats.json, rejects.jsonl, config.yaml, manifest.json and the figure."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    pools = load_pools(cfg, out/'pools', tokenizer)
+    pools = load_pools(cfg, out/'pools', tokenizer, decode_images)
     meta = pool_meta(pools); t1 = time.time()
+    records = write_pool_rejects(pools, out/'rejects.jsonl', meta.num_rows)
     pos, passes, sel = select(meta, cfg); t2 = time.time()
     man = meta.take(pa.array(pos)).append_column('pass', pa.array(passes, pa.int32()))
     with atomic_open(out/'manifest.parquet', 'wb') as f: pq.write_table(man, f)
     stats = mixture_stats(man, sel, cfg, pools)
+    stats['records'] = records
     stats['seconds'] = {'pools': round(t1 - t0, 3), 'select': round(t2 - t1, 3)}
     if figure:
         fig, data = plot_composition(man)
@@ -292,61 +305,86 @@ class ManifestPool(Pool):
         return out
 
     def image_file(self, s, rel): return self.inner[s.meta['mixture_pool']].image_file(s, rel)
+    def image_problem(self, s, rel): return self.inner[s.meta['mixture_pool']].image_problem(s, rel)
 POOL_TYPES['manifest'] = ManifestPool
 
 # %% ../../nbs/16_mixture.ipynb #0fec2c9c
 def _place_images(s:Sample, pool:Pool, out:Path, mode:str) -> list[str]:
-    "Link or copy `s`'s images under `out/images/<pool>/` and return their new relative paths."
+    "Link or copy `s`'s images under `out/images/<pool>/` and return their new paths; an unusable image is a `RecordError`."
     new = []
-    for rel in s.images:
-        src = pool.image_file(s, rel)
-        dst_rel = f'images/{pool.id}/{rel}'
+    for i, rel in enumerate(s.images):
+        fld = 'image' if len(s.images) == 1 else f'image[{i}]'
+        why = pool.image_problem(s, rel)                       # the shared image checker: path safety, file, header
+        if why: raise RecordError(why, None, s.id, fld)
+        src, dst_rel = pool.image_file(s, rel), f'images/{pool.id}/{rel}'
         dst = safe_join(out, dst_rel)
         if not dst.exists():
-            if not src.exists(): raise FileNotFoundError(f'pool {pool.id}, record {s.id}, field image: {src} does not exist')
             dst.parent.mkdir(parents=True, exist_ok=True)
             try:
                 if mode == 'copy': raise OSError
                 os.link(src, dst)
-            except OSError: shutil.copy2(src, dst)
+            except OSError:
+                try: shutil.copy2(src, dst)
+                except OSError as e: raise RecordError(f'image {src} cannot be copied: {e.strerror or e}', None, s.id, fld) from None
         new.append(dst_rel)
     return new
 
-def _shard_samples(man:pa.Table, lo:int, hi:int, pools:dict, out:Path, images:str) -> list[Sample]:
-    "The samples of manifest rows lo..hi, in order, with mixture ids and placed images."
+def _get_rows(pool:Pool, rows:list[int]) -> list:
+    "pool.get(rows), or when that fails, row by row: a sample or the RecordError of that row."
+    try: return pool.get(rows)
+    except RecordError:
+        out = []
+        for r in rows:
+            try: out.append(pool.get([r])[0])
+            except RecordError as e: out.append(e)
+        return out
+
+def _shard_samples(man:pa.Table, lo:int, hi:int, pools:dict, out:Path, images:str) -> tuple[list[Sample], list[dict]]:
+    "The samples of manifest rows lo..hi, in order, with mixture ids and placed images; and a reject row for each one skipped."
     part = man.slice(lo, hi - lo)
     pool_col, row_col, pass_col = (part[c].to_pylist() for c in ('pool', 'row', 'pass'))
     got = {}
     for pid in set(pool_col):
         ks = [k for k, p in enumerate(pool_col) if p == pid]
-        for k, s in zip(ks, pools[pid].get([row_col[k] for k in ks])): got[k] = s
-    out_s = []
+        for k, s in zip(ks, _get_rows(pools[pid], [row_col[k] for k in ks])): got[k] = s
+    out_s, rejects = [], []
     for k in range(len(pool_col)):
         s, pool = got[k], pools[pool_col[k]]
-        if images != 'none': s.images = _place_images(s, pool, out, images)
+        try:
+            if isinstance(s, RecordError): raise s
+            if images != 'none': s.images = _place_images(s, pool, out, images)
+        except RecordError as e:
+            rejects.append({'stage': 'materialize', 'manifest_row': lo + k, 'pool': pool.id, 'pool_row': row_col[k], 'id': e.record,
+                            'field': e.field, 'reason': e.reason, 'code': reason_code(e.reason)}); continue
         s.provenance = {**s.provenance, 'mixture_pool': pool.id, 'pool_row': row_col[k], 'original_id': s.id}
         s.id = f'{pool.id}:{s.id}' + (f'#{pass_col[k]}' if pass_col[k] else '')
         out_s.append(s)
-    return out_s
+    return out_s, rejects
 
 # %% ../../nbs/16_mixture.ipynb #1784f695
 def materialize(mix_dir, shard_size:int = 100_000, images:str = 'link', progress:bool = True) -> dict:
-    "Stream the mixture in `mix_dir` into LLaVA JSONL shards (`data/part-NNNNN.jsonl`); resumable."
+    "Stream the mixture in `mix_dir` into LLaVA JSONL shards (`data/part-NNNNN.jsonl`); resumable; unusable rows skipped and counted."
     from tqdm.auto import tqdm
     if images not in ('link', 'copy', 'none'): raise ValueError(f"images must be link, copy or none, got {images!r}")
     out = Path(mix_dir)
     if not (out/'manifest.parquet').exists(): raise FileNotFoundError(f'{out}: no manifest.parquet (run pangea data mix first)')
     man = pq.read_table(out/'manifest.parquet')
     pools = {p.id: p for p in load_pools(DataConfig.load(out/'config.yaml'), out/'pools')}
-    shards, done = [], 0
+    shards, done, rejected = [], 0, []
     for k, lo in enumerate(tqdm(range(0, man.num_rows, shard_size), desc='materialize', disable=not progress, unit=' shard')):
-        f = out/'data'/f'part-{k:05d}.jsonl'
+        f, fr = out/'data'/f'part-{k:05d}.jsonl', out/'rejects'/f'part-{k:05d}.jsonl'
         shards.append(str(f.relative_to(out)))
-        if f.exists(): continue   # written atomically: present means complete
-        n = write_samples(f, _shard_samples(man, lo, min(lo + shard_size, man.num_rows), pools, out, images))
-        done += n
+        if f.exists() and fr.exists(): rejected += read_jsonl(fr); continue   # both written atomically, rejects first
+        samples, rej = _shard_samples(man, lo, min(lo + shard_size, man.num_rows), pools, out, images)
+        with atomic_open(fr) as h:
+            for r in rej: h.write(json.dumps(r, ensure_ascii=False, default=str) + '\n')
+        done += write_samples(f, samples); rejected += rej
     if images == 'none': atomic_write_json(out/'roots.json', {p.id: str(p.root) for p in pools.values()})
-    res = {'rows': man.num_rows, 'shards': shards, 'written_now': done, 'images': images}
+    mixed = [r for r in (read_jsonl(out/'rejects.jsonl') if (out/'rejects.jsonl').exists() else []) if r.get('stage') != 'materialize']
+    with atomic_open(out/'rejects.jsonl') as h:                # the mix's rejects, then this command's
+        for r in mixed + rejected: h.write(json.dumps(r, ensure_ascii=False, default=str) + '\n')
+    res = {'rows': man.num_rows, 'shards': shards, 'written_now': done, 'images': images,
+           **summary_counts(rejected, man.num_rows, out/'rejects.jsonl')}
     atomic_write_json(out/'materialized.json', res)
     return res
 
@@ -367,23 +405,33 @@ def mix_cli(config:str,                    # a DataConfig YAML (or a run config 
             seed:int = -1,                 # override seed
             english_ratio:float = -1.0,    # override english_ratio
             tokenizer:str = '',            # a local Hugging Face tokenizer for exact token counts
-            materialize_jsonl:bool = False):  # also write the LLaVA JSONL shards
-    "Build a training mixture: manifest.parquet, stats.json, composition figure."
+            decode_images:bool = False,    # fully decode every image of file pools at scan (default: headers and path safety)
+            materialize_jsonl:bool = False,  # also write the LLaVA JSONL shards
+            json:bool = False):            # print the summary as JSON (validate's keys: total, valid, rejected, by_reason, rejects)
+    "Build a training mixture: manifest.parquet, stats.json, rejects.jsonl, composition figure."
+    import json as _j
     if not out: raise ValueError('--out DIR is required')
     cfg = _load_data_config(config)
     over = {k: v for k, v in (('n_samples', n or None), ('seed', seed if seed >= 0 else None),
                               ('english_ratio', english_ratio if english_ratio >= 0 else None)) if v is not None}
     cfg = cfg.replace(**over) if over else cfg
-    st = build_mixture(cfg, out, tokenizer or None)
-    if materialize_jsonl: st['materialized'] = materialize(out)
-    print(json.dumps({k: st[k] for k in ('requested', 'selected', 'english_ratio_selected', 'by_language', 'by_source', 'events')
-                      if k in st} | ({'materialized': st['materialized']} if 'materialized' in st else {}), ensure_ascii=False, indent=1))
+    st = build_mixture(cfg, out, tokenizer or None, decode_images=decode_images)
+    if materialize_jsonl: st['materialized'] = materialize(out, progress=not json)
+    d = {**st['records'], **{k: st[k] for k in ('requested', 'selected', 'english_ratio_selected', 'by_language', 'by_source', 'events', 'materialized') if k in st}}
+    if json: print(_j.dumps(d, ensure_ascii=False, indent=1, default=str))
+    else:
+        print_summary(f'mix {out}', d, f"; {st['selected']} of {st['requested']} selected")
+        print(f"  by_language: {st['by_language']}")
+        if 'materialized' in st: print_summary(f'materialize {out}', st['materialized'])
     return st
 
 def materialize_cli(mix_dir:str,          # a directory written by pangea data mix
                     shard_size:int = 100_000,
-                    images:str = 'link'):  # link | copy | none
-    "Stream a mixture's manifest into LLaVA JSONL shards (resumable)."
-    res = materialize(mix_dir, shard_size, images)
-    print(json.dumps(res, indent=1))
+                    images:str = 'link',   # link | copy | none
+                    json:bool = False):    # print the summary as JSON (validate's keys plus rows and shards)
+    "Stream a mixture's manifest into LLaVA JSONL shards (resumable); unusable rows are skipped and counted."
+    import json as _j
+    res = materialize(mix_dir, shard_size, images, progress=not json)
+    if json: print(_j.dumps(res, indent=1))
+    else: print_summary(f'materialize {mix_dir}', res, f"; {len(res['shards'])} shards under {Path(mix_dir)/'data'}")
     return res

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Iterable
 import numpy as np
 import pyarrow as pa, pyarrow.parquet as pq
-from ..contracts import atomic_open, atomic_write_json, safe_join
-from .schema import Sample, from_llava, iter_records, RecordError
+from fastcore.basics import patch
+from ..contracts import atomic_open, atomic_write_json, safe_join, read_jsonl
+from .schema import Sample, from_llava, iter_records, iter_jsonl, parse_line, RecordError
+from .validate import ImageChecker, check_record, error_index, reason_code
 
 # %% auto #0
 __all__ = ['META_SCHEMA', 'POOL_TYPES', 'approx_tokens', 'token_counter', 'Pool', 'JsonPool', 'SynthPool', 'make_pool',
@@ -51,7 +53,7 @@ class Pool:
 
     def signature(self) -> dict:
         "What the cached metadata depends on (the spec, the tokenizer, and the source files' sizes and mtimes)."
-        return {'spec': self.spec, 'tokenizer': self.tokenizer, 'version': 1}
+        return {'spec': self.spec, 'tokenizer': self.tokenizer, 'version': 2}   # 2: images checked at scan
 
     def meta(self) -> pa.Table:
         "The pool's metadata table (scanned once, then cached)."
@@ -77,51 +79,80 @@ class Pool:
         self.meta()
         return sum(1 for _ in open(f, encoding='utf-8')) if f.exists() else 0
 
+# %% ../../nbs/15_pools.ipynb #838ad746
+@patch
+def reject_rows(self:Pool) -> list[dict]:
+    "The records the scan rejected, one row each (file, index, id, field, reason, code)."
+    self.meta(); f = self.cache/'rejects.jsonl'
+    return [{**r, 'code': r.get('code') or reason_code(str(r.get('reason')))} for r in read_jsonl(f)] if f.exists() else []
+
+@patch
+def image_problem(self:Pool, s:Sample, rel:str) -> str | None:
+    "Why image `rel` of `s` cannot be used (the shared `ImageChecker`: path safety, file, header), else None."
+    if self.root is None: return f'pool {self.id}: no image root'
+    if getattr(self, '_images', None) is None: self._images = ImageChecker(self.root, decode=False)
+    return self._images.check(rel)
+
 # %% ../../nbs/15_pools.ipynb #47235589
 class JsonPool(Pool):
-    "A LLaVA/PangeaIns `.json` or `.jsonl` file."
+    "A LLaVA/PangeaIns `.json` or `.jsonl` file; its images are checked at scan (headers, or a full decode with `decode_images`)."
     kind = 'llava'
     def __init__(self, spec, cache_dir, tokenizer=None):
         super().__init__(spec, cache_dir, tokenizer)
         self.path = Path(spec['path'])
         if not self.path.exists(): raise FileNotFoundError(f'pool {self.id}: {self.path}: no such file')
+        if self.path.is_dir(): raise ValueError(f'pool {self.id}: {self.path}: is a directory, not a .json/.jsonl file')
         self.root = Path(spec.get('root') or self.path.parent)
         self.records = self.path if self.path.suffix == '.jsonl' else self.cache/'records.jsonl'
         self._ns_spec = {**spec, 'group_ns': spec.get('group_ns', f'{self.id}:')}   # ids are only unique within a file
+        self.scan_images = ImageChecker(self.root, int(spec.get('max_pixels', 40_000_000)), decode=bool(spec.get('decode_images', False)))
 
     def signature(self):
         st = self.path.stat()
         return {**super().signature(), 'file': str(self.path.resolve()), 'size': st.st_size, 'mtime_ns': st.st_mtime_ns}
 
-    def _sample(self, rec, index=None) -> tuple[Sample | None, list]:
-        from pangea_nb.data.validate import check_record
-        s, probs = check_record(rec, None, self.spec.get('lang_source'), self.path, index, self.spec.get('source', ''))
+    def _sample(self, rec, index=None, images=None) -> tuple[Sample | None, list]:
+        s, probs = check_record(rec, images, self.spec.get('lang_source'), self.path, index, self.spec.get('source', ''))
         errors = [p for p in probs if p.severity == 'error']
         return (None if errors else s), errors
 
 # %% ../../nbs/15_pools.ipynb #830dbef7
-def _raw_lines(self):
-    "(byte offset, raw line) of the records file; a .json array is first streamed into the cached JSONL copy."
-    if self.path.suffix != '.jsonl':
-        with atomic_open(self.records) as f:
-            for _, rec in iter_records(self.path): f.write(json.dumps(rec, ensure_ascii=False) + '\n')
-    with open(self.records, 'rb') as f:
+def _stream(self:JsonPool):
+    "(index, byte offset in the records file, record or RecordError) in file order; a .json array is copied to JSONL on the way."
+    bad = []
+    def merged(items):
+        for item in items:
+            while bad: e = bad.pop(0); yield error_index(e), None, e
+            yield item
+        while bad: e = bad.pop(0); yield error_index(e), None, e
+    if self.path.suffix == '.jsonl': yield from merged(iter_jsonl(self.path, on_error=bad.append)); return
+    def copy(f):
         off = 0
-        for line in f:
-            yield off, line; off += len(line)
+        for i, rec in iter_records(self.path, on_error=bad.append):
+            line = (json.dumps(rec) + '\n').encode('utf-8'); f.write(line)
+            yield i, off, rec; off += len(line)
+    with atomic_open(self.records, 'wb') as f: yield from merged(copy(f))
+
+def _reject(self:JsonPool, i:int, rid, fld, reason:str) -> dict:
+    line = i + 1 if self.path.suffix == '.jsonl' and i >= 0 else None
+    return {'file': str(self.path), 'index': i, 'line': line, 'id': rid, 'field': fld, 'reason': reason, 'code': reason_code(reason)}
 
 def _scan_json(self) -> pa.Table:
-    rows, offsets = [], []
+    "One pass: read, check (record, images, duplicate ids); usable rows into the table, the rest into rejects.jsonl."
+    rows, offsets, seen = [], [], {}
+    checks = self.cache/'image_checks.json'; self.scan_images.load(checks)
     with atomic_open(self.cache/'rejects.jsonl') as rej:
-        for i, (off, line) in enumerate(_raw_lines(self)):
-            if not line.strip(): continue
-            try: rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                rej.write(json.dumps({'index': i, 'field': None, 'reason': f'malformed JSON line ({e.msg})'}) + '\n'); continue
-            s, errors = self._sample(rec, i)
-            if s is None:
-                rej.write(json.dumps({'index': i, 'id': errors[0].id, 'field': errors[0].field, 'reason': errors[0].reason}, ensure_ascii=False) + '\n'); continue
+        for i, off, rec in _stream(self):
+            if isinstance(rec, RecordError): bad = _reject(self, i, rec.record, rec.field, rec.reason)
+            else:
+                s, errors = self._sample(rec, i, self.scan_images)
+                if errors: bad = _reject(self, i, errors[0].id, errors[0].field, errors[0].reason)
+                elif s.id in seen: bad = _reject(self, i, s.id, 'id', f'duplicate id (first at record #{seen[s.id]})')
+                else: bad = None
+            if bad: rej.write(json.dumps(bad, ensure_ascii=False) + '\n'); continue
+            seen[s.id] = i
             rows.append(_meta_row(s, len(offsets), self._ns_spec, self.count)); offsets.append(off)
+    self.scan_images.save(checks)
     np.save(self.cache/'offsets.npy', np.asarray(offsets, dtype=np.int64), allow_pickle=False)
     return pa.Table.from_pylist(rows, schema=META_SCHEMA)
 JsonPool._scan = _scan_json
@@ -133,7 +164,10 @@ def _get_json(self, rows:Iterable[int]) -> list[Sample]:
     out = []
     with open(self.records, 'rb') as f:
         for r in rows:
-            f.seek(int(offs[r])); s, errors = self._sample(json.loads(f.readline()), int(r))
+            f.seek(int(offs[r])); raw = f.readline()
+            try: rec = parse_line(raw[3:] if raw.startswith(b'\xef\xbb\xbf') else raw, self.records, None)
+            except RecordError as e: raise RecordError(f'record changed since the pool was scanned: {e.reason}', self.path, f'row {r}') from None
+            s, errors = self._sample(rec, int(r))
             if s is None: raise RecordError(f'record changed since the pool was scanned: {errors[0].reason}', self.path, errors[0].id, errors[0].field)
             if s.language is None and self.spec.get('lang'): s.language = self.spec['lang']
             s.source = self.spec.get('source') or s.source or self.id

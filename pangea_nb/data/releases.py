@@ -197,12 +197,12 @@ class PangeaInsPool(JsonPool):
     def __init__(self, spec, cache_dir, tokenizer=None):
         root = Path(spec['path'])
         super().__init__({'lang_source': 'pangeains', 'root': str(root), **spec, 'path': str(root/PANGEAINS_FILE)}, cache_dir, tokenizer)
-    def _sample(self, rec, index=None):
+    def _sample(self, rec, index=None, images=None):
         import warnings
         from pangea_nb.languages import AmbiguousLanguageCode
         with warnings.catch_warnings():
             warnings.simplefilter('ignore', AmbiguousLanguageCode)
-            s, errors = super()._sample(rec, index)
+            s, errors = super()._sample(rec, index, images)
         if s is not None: s.source, s.task = pangeains_source(s)
         return s, errors
 

@@ -6,14 +6,15 @@ Docs: https://pangea-nb.github.io/pangea_nb/schema.html.md"""
 
 # %% ../../nbs/10_schema.ipynb #8accb42e
 from __future__ import annotations
-import json, os
+import json, math, os
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable, Iterator
 
 # %% auto #0
-__all__ = ['IMAGE_TOKEN', 'ROLES', 'LLAVA_ROLE', 'TO_LLAVA_ROLE', 'RecordError', 'Turn', 'Sample', 'from_llava', 'to_llava',
-           'to_messages', 'from_messages', 'iter_records', 'read_samples', 'write_samples']
+__all__ = ['IMAGE_TOKEN', 'ROLES', 'LLAVA_ROLE', 'TO_LLAVA_ROLE', 'FIELD_TYPES', 'MAX_LINE_BYTES', 'MAX_DEPTH', 'BOM',
+           'RecordError', 'Turn', 'Sample', 'record_id', 'check_field_types', 'from_llava', 'to_llava', 'to_messages',
+           'from_messages', 'tree_problem', 'parse_line', 'iter_jsonl', 'iter_records', 'read_samples', 'write_samples']
 
 # %% ../../nbs/10_schema.ipynb #89aeec36
 IMAGE_TOKEN = '<image>'
@@ -77,22 +78,49 @@ def _image_list(v, file, rid) -> list[str]:
     if isinstance(v, list) and all(isinstance(x, str) for x in v): return list(v)
     raise RecordError(f'image must be a path or a list of paths, got {type(v).__name__}', file, rid, 'image')
 
-def from_llava(rec:dict, source:str = '', file=None, lang_source:str | None = None, normalise:bool = False,
-               split:str = 'train') -> Sample:
-    "A `Sample` from one LLaVA-format record (`id`, `image`, `conversations`, optional `language`)."
-    if not isinstance(rec, dict): raise RecordError(f'record must be a JSON object, got {type(rec).__name__}', file)
-    if 'id' not in rec or rec['id'] in (None, ''): raise RecordError('missing id', file, None, 'id')
-    rid = rec['id']
-    rid = str(int(rid)) if isinstance(rid, float) and rid.is_integer() else str(rid)  # real ids are floats in places
-    convs = rec.get('conversations')
+def record_id(rec:dict, file=None) -> str:
+    "The record's id as a string: strings as they are, integers (and integral floats: real ids are floats in places) as digits."
+    rid = rec.get('id')
+    if rid is None or (isinstance(rid, str) and not rid.strip()): raise RecordError('missing id', file, None, 'id')
+    if isinstance(rid, bool) or not isinstance(rid, (str, int, float)):
+        raise RecordError(f'id must be a string or a number, got {type(rid).__name__}', file, None, 'id')
+    if isinstance(rid, float):
+        if not math.isfinite(rid): raise RecordError(f'id must be a finite number, got {rid}', file, None, 'id')
+        if rid.is_integer(): return str(int(rid))
+    return str(rid)
+
+FIELD_TYPES = {  # schema field -> (accepted types, may it be null)
+    'language': (str, True), 'prompt_language': (str, True), 'source': (str, False), 'task': (str, False),
+    'split': (str, False), 'provenance': (dict, False), 'meta': (dict, False)}
+
+def check_field_types(rec:dict, file=None, rid=None):
+    "Raise a `RecordError` for the first schema field of `rec` whose value has the wrong type."
+    for k, (t, nullable) in FIELD_TYPES.items():
+        if k not in rec or (rec[k] is None and nullable): continue
+        if not isinstance(rec[k], t):
+            want = 'a string' if t is str else 'an object'
+            raise RecordError(f'{k} must be {want}{" or null" if nullable else ""}, got {type(rec[k]).__name__}', file, rid, k)
+
+# %% ../../nbs/10_schema.ipynb #31a6a810
+def _turns(convs, file, rid) -> list[Turn]:
     if not isinstance(convs, list) or not convs: raise RecordError('conversations must be a non-empty list', file, rid, 'conversations')
     turns = []
     for i, c in enumerate(convs):
         if not isinstance(c, dict): raise RecordError('turn must be an object', file, rid, f'conversations[{i}]')
-        role = LLAVA_ROLE.get(c.get('from'))
-        if role is None: raise RecordError(f'unknown speaker {c.get("from")!r} (human/gpt/system)', file, rid, f'conversations[{i}].from')
+        who = c.get('from')
+        role = LLAVA_ROLE.get(who) if isinstance(who, str) else None
+        if role is None: raise RecordError(f'unknown speaker {who!r} (human/gpt/system)', file, rid, f'conversations[{i}].from')
         if not isinstance(c.get('value'), str): raise RecordError(f'value must be a string, got {type(c.get("value")).__name__}', file, rid, f'conversations[{i}].value')
         turns.append(Turn(role, c['value']))
+    return turns
+
+def from_llava(rec:dict, source:str = '', file=None, lang_source:str | None = None, normalise:bool = False,
+               split:str = 'train') -> Sample:
+    "A `Sample` from one LLaVA-format record (`id`, `image`, `conversations`, optional `language`); every schema field type-checked."
+    if not isinstance(rec, dict): raise RecordError(f'record must be a JSON object, got {type(rec).__name__}', file)
+    rid = record_id(rec, file)
+    check_field_types(rec, file, rid)
+    turns = _turns(rec.get('conversations'), file, rid)
     raw_lang = rec.get('language')
     lang = raw_lang
     if normalise and raw_lang is not None:
@@ -153,10 +181,15 @@ def from_messages(messages:list[dict], id:str, images:list | None = None, **kw) 
     return Sample(id, turns, list(images or []), **kw)
 
 # %% ../../nbs/10_schema.ipynb #318b90f5
-def _iter_json_array(path, chunk=1 << 20) -> Iterator[tuple[int, object]]:
-    "Stream the elements of a top-level JSON array."
+def _array_fail(err:RecordError, on_error):
+    "A JSON array that cannot be read further: raise, or report once (the records before it were read)."
+    if on_error is None: raise err
+    on_error(err)
+
+def _iter_json_array(path, on_error=None, chunk=1 << 20) -> Iterator[tuple[int, object]]:
+    "Stream the elements of a top-level JSON array; an element that is too deep or not UTF-8 goes to `on_error`."
     dec = json.JSONDecoder()
-    with open(path, encoding='utf-8') as f:
+    with open(path, encoding='utf-8', errors='surrogateescape') as f:   # bad bytes become lone surrogates, caught per record
         buf, pos, i = f.read(chunk), 0, 0
         buf = buf.lstrip('\ufeff')
         while True:  # find '['
@@ -165,46 +198,105 @@ def _iter_json_array(path, chunk=1 << 20) -> Iterator[tuple[int, object]]:
             more = f.read(chunk)
             if not more: return
             buf += more
-        if buf[pos] != '[': raise RecordError('expected a JSON array of records', path)
+        if buf[pos] != '[': return _array_fail(RecordError('expected a JSON array of records', path), on_error)
         pos += 1
         while True:
             while True:
                 while pos < len(buf) and buf[pos] in ' \t\r\n,': pos += 1
                 if pos < len(buf): break
                 more = f.read(chunk)
-                if not more: raise RecordError('unterminated JSON array', path)
+                if not more: return _array_fail(RecordError('unterminated JSON array', path, f'#{i}'), on_error)
                 buf, pos = buf[pos:] + more, 0
             if buf[pos] == ']': return
             while True:
                 try: obj, end = dec.raw_decode(buf, pos); break
+                except RecursionError:
+                    return _array_fail(RecordError(f'JSON nested deeper than {MAX_DEPTH} levels; records after it cannot be read', path, f'#{i}'), on_error)
                 except json.JSONDecodeError as e:
                     more = f.read(chunk)
-                    if not more: raise RecordError(f'malformed JSON at record {i} ({e.msg}); records after it cannot be read', path, None, f'[{i}]') from None
+                    if not more: return _array_fail(RecordError(f'malformed JSON at record {i} ({e.msg}); records after it cannot be read', path, f'#{i}'), on_error)
                     buf, pos = buf[pos:] + more, 0
-            yield i, obj; i += 1
+            why = tree_problem(obj)
+            if why is None: yield i, obj
+            else: _array_fail(RecordError(why, path, f'#{i}'), on_error)
+            i += 1
             pos = end
             if pos > chunk: buf, pos = buf[pos:], 0
 
 # %% ../../nbs/10_schema.ipynb #fcf7df52
+MAX_LINE_BYTES = 16 << 20   # a longer JSONL line is rejected unread: records are kilobytes, a runaway line is a broken file
+MAX_DEPTH = 64              # deeper nesting is rejected: PangeaIns records nest 4 levels; 5,000 levels would crash the parser
+BOM = b'\xef\xbb\xbf'       # a UTF-8 byte-order mark at the start of a file is skipped, by every reader
+
+def tree_problem(obj, max_depth:int = MAX_DEPTH) -> str | None:
+    "Why a parsed JSON value cannot be a record (nested too deep, a string that is not valid UTF-8), else None."
+    stack = [(obj, 1)]
+    while stack:   # iterative: hostile input cannot exhaust the stack
+        o, d = stack.pop()
+        if isinstance(o, str):
+            try: o.encode('utf-8')
+            except UnicodeEncodeError: return 'text that is not valid UTF-8 (an undecodable byte or a lone surrogate escape)'
+        elif isinstance(o, (dict, list)):
+            if d > max_depth: return f'JSON nested deeper than {max_depth} levels'
+            stack.extend((v, d + 1) for v in (o.values() if isinstance(o, dict) else o))
+            if isinstance(o, dict): stack.extend((k, d) for k in o)
+    return None
+
+def parse_line(raw:bytes, path=None, lineno:int = 0, max_depth:int = MAX_DEPTH):
+    "One JSONL line -> its JSON value, or a `RecordError` naming file and line and saying what is wrong."
+    where = (path, f'line {lineno}')
+    if len(raw) > MAX_LINE_BYTES: raise RecordError(f'line longer than {MAX_LINE_BYTES:,} bytes (the limit)', *where)
+    try: text = raw.decode('utf-8')
+    except UnicodeDecodeError as e: raise RecordError(f'not UTF-8: byte {raw[e.start]:#04x} at column {e.start + 1}', *where) from None
+    try: obj = json.loads(text)
+    except json.JSONDecodeError as e: raise RecordError(f'malformed JSON line ({e.msg})', *where) from None
+    except RecursionError: raise RecordError(f'JSON nested deeper than {max_depth} levels', *where) from None
+    why = tree_problem(obj, max_depth)
+    if why: raise RecordError(why, *where)
+    return obj
+
+# %% ../../nbs/10_schema.ipynb #d6175d74
+def _raw_lines(f, limit:int) -> Iterator[tuple[int, bytes]]:
+    "(byte offset, line) of a binary file; a line over `limit` comes back as its first limit+1 bytes, the rest skipped unread."
+    off = 0
+    while True:
+        line = f.readline(limit + 1)
+        if not line: return
+        n = len(line)
+        if n > limit and not line.endswith(b'\n'):
+            while True:   # skip to the end of the runaway line
+                more = f.readline(1 << 20); n += len(more)
+                if not more or more.endswith(b'\n'): break
+        yield off, line; off += n
+
+def iter_jsonl(path, on_error=None, max_depth:int = MAX_DEPTH) -> Iterator[tuple[int, int, object]]:
+    "Stream `(line index, byte offset, value)` of a JSONL file; unreadable lines go to `on_error(RecordError)` (default: raise)."
+    with open(path, 'rb') as f:
+        for i, (off, raw) in enumerate(_raw_lines(f, MAX_LINE_BYTES)):
+            if i == 0 and raw.startswith(BOM): raw, off = raw[3:], off + 3
+            if not raw.strip(): continue
+            try: yield i, off, parse_line(raw, path, i + 1, max_depth)
+            except RecordError as e:
+                if on_error is None: raise
+                on_error(e)
+
 def iter_records(path, on_error=None) -> Iterator[tuple[int, dict]]:
-    "Stream `(index, record)` from a `.json` array or `.jsonl` file; bad JSONL lines go to `on_error(RecordError)` (default: raise)."
+    "Stream `(index, record)` from a `.json` array or `.jsonl` file; unreadable records go to `on_error(RecordError)` (default: raise)."
     path = Path(path)
     if not path.exists(): raise FileNotFoundError(f'{path}: no such file')
-    if path.suffix == '.jsonl':
-        with open(path, encoding='utf-8') as f:
-            for i, line in enumerate(f):
-                if not line.strip(): continue
-                try: yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    err = RecordError(f'malformed JSON line ({e.msg})', path, f'line {i+1}', None)
-                    if on_error is None: raise err from None
-                    on_error(err)
-    else: yield from _iter_json_array(path)
+    if path.is_dir(): raise RecordError('is a directory, not a .json/.jsonl file', path)
+    if path.suffix == '.jsonl': yield from ((i, rec) for i, _, rec in iter_jsonl(path, on_error))
+    else: yield from _iter_json_array(path, on_error)
 
-def read_samples(path, source:str = '', on_error=None, **kw) -> Iterator[Sample]:
-    "Stream `Sample`s from a LLaVA-format `.json`/`.jsonl`; unreadable records go to `on_error` (default: raise)."
+def read_samples(path, source:str = '', on_error=None, dedupe:bool = False, **kw) -> Iterator[Sample]:
+    "Stream `Sample`s from a LLaVA-format `.json`/`.jsonl`; unreadable records (and with `dedupe`, repeated ids) go to `on_error`."
+    seen = {}
     for i, rec in iter_records(path, on_error):
-        try: yield from_llava(rec, source=source, file=path, **kw)
+        try:
+            s = from_llava(rec, source=source, file=path, **kw)
+            if dedupe and s.id in seen: raise RecordError(f'duplicate id (first at record #{seen[s.id]})', path, s.id, 'id')
+            seen.setdefault(s.id, i)
+            yield s
         except RecordError as e:
             if e.record is None: e.record = f'#{i}'
             if on_error is None: raise

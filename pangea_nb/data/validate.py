@@ -6,40 +6,89 @@ Docs: https://pangea-nb.github.io/pangea_nb/validate.html.md"""
 
 # %% ../../nbs/13_validate.ipynb #8ed24295
 from __future__ import annotations
-import collections, contextlib, json, os, warnings
+import collections, contextlib, errno, json, os, stat, warnings
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterable, Iterator
-from ..contracts import safe_join, UnsafePathError, atomic_open
+from fastcore.basics import patch
+from ..contracts import safe_join, UnsafePathError, atomic_open, atomic_write_json
 from .schema import Sample, RecordError, IMAGE_TOKEN, from_llava, iter_records
 
 # %% auto #0
-__all__ = ['IMAGE_FORMATS', 'ImageChecker', 'check_turns', 'Problem', 'check_record', 'infer_task', 'ValidationReport',
-           'validate', 'make_bad_release', 'validate_cli']
+__all__ = ['IMAGE_FORMATS', 'REASON_CODES', 'ImageChecker', 'check_turns', 'Problem', 'check_record', 'infer_task',
+           'ValidationReport', 'reason_code', 'validate', 'error_index', 'make_bad_release', 'validate_cli',
+           'print_summary', 'summary_counts']
 
 # %% ../../nbs/13_validate.ipynb #f62db32e
 IMAGE_FORMATS = ('JPEG', 'PNG', 'WEBP', 'GIF', 'BMP', 'TIFF')   # multi-picture JPEGs (MPO) open as JPEG
 
 class ImageChecker:
-    "Checks image files under a data root, caching one verdict per file."
+    "The one image check (validate, mix, materialize, train): path safety, then file, then header (and pixels with `decode`)."
     def __init__(self, root, max_pixels:int = 40_000_000, max_bytes:int = 64 << 20, decode:bool = True):
         self.root, self.max_pixels, self.max_bytes, self.decode = Path(root), max_pixels, max_bytes, decode
-        self.cache = {}
+        self.cache = {}   # (path, size, mtime_ns) -> verdict: a file changed in place is checked again
+        self._dirs = {}   # folder (as written in the data) -> its resolved path under the root
+
+    def resolve(self, rel) -> tuple[Path | None, str | None]:
+        "(file under the root, None), or (None, why the path itself cannot be used)."
+        if not isinstance(rel, str): return None, f'image path must be a string, got {type(rel).__name__}'
+        if '\x00' in rel: return None, f'image path {rel!r} contains a NUL byte'
+        try: return self._join(rel), None
+        except UnsafePathError as e: return None, str(e)
+        except RuntimeError: return None, f'image path {rel!r} is a symlink loop'   # Path.resolve's way of saying ELOOP
+        except OSError as e: return None, _os_reason(rel, e)
+
+    def _join(self, rel:str) -> Path:
+        "`safe_join(root, rel)` with each folder resolved once: millions of images sit in a few thousand folders."
+        parent, name = os.path.split(rel)
+        if not parent or name in ('', '.', '..'): return safe_join(self.root, rel)
+        d = self._dirs.get(parent)
+        if d is None: d = self._dirs[parent] = safe_join(self.root, parent)
+        p = d/name
+        return safe_join(self.root, rel) if os.path.islink(p) else p   # a symlinked file is followed and checked in full
+
+    def locate(self, rel) -> tuple[Path | None, os.stat_result | None, str | None]:
+        "(file, its stat, None), or (.., .., why) when the path or the file cannot be used — without opening it."
+        p, why = self.resolve(rel)
+        if why: return None, None, why
+        try: st = os.stat(p)
+        except FileNotFoundError: return p, None, f'missing image file {p}: not found'
+        except OSError as e: return p, None, _os_reason(rel, e)
+        if stat.S_ISDIR(st.st_mode): return p, st, f'image path {p} is a directory, not a file'
+        if not stat.S_ISREG(st.st_mode): return p, st, f'image path {p} is not a regular file'
+        if st.st_size == 0: return p, st, f'empty image file {p}'
+        return p, st, None
 
     def check(self, rel) -> str | None:
         "None if the image at `rel` (relative to the root) is usable, else the reason it is not."
-        try: p = safe_join(self.root, rel)
-        except UnsafePathError as e: return str(e)
-        if p not in self.cache: self.cache[p] = self._check_file(p)
-        return self.cache[p]
+        p, st, why = self.locate(rel)
+        if why: return why
+        key = (str(p), st.st_size, st.st_mtime_ns)
+        if key not in self.cache: self.cache[key] = self._check_file(p, st.st_size)
+        return self.cache[key]
 
-    def _check_file(self, p:Path) -> str | None:
-        if not p.exists(): return f'missing image file {p}'
-        if not p.is_file(): return f'image path {p} is not a file'
-        n = p.stat().st_size
-        if n == 0: return f'empty image file {p}'
+    def _check_file(self, p:Path, n:int) -> str | None:
         if n > self.max_bytes: return f'image file {p} is {n:,} bytes, above the limit of {self.max_bytes:,}'
         return self._check_pixels(p)
+
+def _os_reason(rel, e:OSError) -> str:
+    "A one-line reason for an OS refusal of an image path."
+    if e.errno == errno.ENAMETOOLONG: return f'image path {str(rel)[:60]!r}... is a name the file system refuses (file name too long)'
+    if e.errno == errno.ELOOP: return f'image path {rel!r} is a symlink loop'
+    return f'image path {rel!r} cannot be read: {e.strerror or e}'
+
+# %% ../../nbs/13_validate.ipynb #69cd310d
+@patch
+def save(self:ImageChecker, path):
+    "Write the verdict cache (keyed by path, size and mtime) to `path`, so a later run re-checks only what changed."
+    atomic_write_json(path, [[*k, v] for k, v in self.cache.items()], indent=None)
+
+@patch
+def load(self:ImageChecker, path) -> ImageChecker:
+    "Read a verdict cache written by `save` (a missing or unreadable one is ignored: everything is checked again)."
+    with contextlib.suppress(FileNotFoundError, ValueError, TypeError):
+        self.cache.update({(p, n, m): v for p, n, m, v in json.loads(Path(path).read_text(encoding='utf-8'))})
+    return self
 
 # %% ../../nbs/13_validate.ipynb #e6ce7fbe
 def _check_pixels(self, p:Path) -> str | None:
@@ -144,20 +193,34 @@ class ValidationReport:
     by_reason: dict = field(default_factory=dict)     # rejected records per kind of (first) reason
     lang_source: str | None = None                    # the alias table language codes were normalised with
     problems: list = field(default_factory=list)      # [{id, field, reason, severity, file, index}]
+    rejects: str | None = None                        # the rejects file written (one row per rejected record)
     def to_dict(self) -> dict: return asdict(self)
 
 # %% ../../nbs/13_validate.ipynb #92f785f8
-def _reason_key(p:Problem) -> str:
-    "A short category for counting: the field plus the reason up to its first detail."
-    r = p.reason
-    for k in ('missing image file', 'empty image file', 'undecodable image', 'oversized image', 'escapes the data root',
-              'must be relative', 'unknown language code', 'malformed JSON', 'duplicate id', 'empty assistant reply',
-              'wrongly ordered', '<image> marker'):
-        if k in r: return k
-    return r.split(':')[0][:60]
+REASON_CODES = [  # (words in a reason, code counted in by_reason) — first match wins; one table for every data command
+    ('not UTF-8', 'not_utf8'), ('not valid UTF-8', 'not_utf8'), ('line longer than', 'line_too_long'),
+    ('nested deeper', 'too_deep'), ('malformed JSON', 'malformed_json'), ('unterminated JSON', 'malformed_json'),
+    ('expected a JSON array', 'malformed_json'), ('duplicate id', 'duplicate_id'), ('missing id', 'missing_id'),
+    ('record must be a JSON object', 'wrong_type'), ('unknown speaker', 'unknown_speaker'),
+    ('missing image file', 'image_missing'), ('empty image file', 'image_empty'), ('is a directory', 'image_not_a_file'),
+    ('not a regular file', 'image_not_a_file'), ('undecodable image', 'image_undecodable'), ('oversized image', 'image_too_large'),
+    ('bytes, above the limit', 'image_too_large'), ('escapes the data root', 'image_unsafe_path'), ('must be relative', 'image_unsafe_path'),
+    ('symlink loop', 'image_symlink_loop'), ('file name too long', 'image_bad_name'), ('NUL byte', 'image_bad_name'),
+    ('cannot be read', 'image_unreadable'), ('unknown language code', 'unknown_language'), ('empty assistant reply', 'empty_reply'),
+    ('empty user turn', 'empty_turn'), ('empty system turn', 'empty_turn'), ('wrongly ordered', 'turn_order'),
+    ('<image> marker', 'image_marker_mismatch'), ('does not end with an assistant', 'no_final_reply'), ('no assistant reply', 'no_final_reply'),
+    ('system turn after', 'turn_order'), (' must be ', 'wrong_type')]
+
+def reason_code(reason:str) -> str:
+    "The short code a reason is counted under (`by_reason`), the same in validate, mix, materialize and train."
+    for words, code in REASON_CODES:
+        if words in reason: return code
+    return reason.split(':')[0][:60]
+
+def _reason_key(p:Problem) -> str: return reason_code(p.reason)
 
 def _reject_row(p:Problem, probs:list[Problem], rec) -> dict:
-    return {'file': p.file, 'index': p.index, 'id': p.id, 'field': p.field, 'reason': p.reason,
+    return {'file': p.file, 'index': p.index, 'id': p.id, 'field': p.field, 'reason': p.reason, 'code': reason_code(p.reason),
             'all_problems': [q.to_dict() for q in probs if q.severity == 'error'], 'record': rec}
 
 # %% ../../nbs/13_validate.ipynb #4ba96601
@@ -170,14 +233,14 @@ def validate(path=None, root=None, records:Iterable | None = None, lang_source:s
     root = Path(root) if root else (path.parent if path is not None else Path('.'))
     if not root.is_dir(): raise FileNotFoundError(f'{root}: data root is not a directory')
     images = ImageChecker(root, max_pixels, max_bytes, decode_images)
-    rep, seen, bad_lines = ValidationReport(lang_source=lang_source), {}, []
+    rep, seen, bad_lines = ValidationReport(lang_source=lang_source, rejects=str(rejects) if rejects else None), {}, []
     C = {k: collections.Counter() for k in ('by_language', 'by_source', 'by_task', 'by_reason')}
     with contextlib.ExitStack() as stack:   # the rejects file is atomic: a failed run leaves none half-written
         rej = stack.enter_context(atomic_open(rejects)) if rejects else None
         stream = records if records is not None else iter_records(path, on_error=bad_lines.append)
         for index, rec in tqdm(_with_bad_lines(stream, bad_lines), desc='validate', disable=not progress, unit=' records'):
             rep.total += 1
-            if isinstance(rec, RecordError):   # a malformed JSON line
+            if isinstance(rec, RecordError):   # a line or element the reader could not read
                 s, probs = None, [Problem(rec.record, rec.field, rec.reason, 'error', rec.file, index)]
             else:
                 s, probs = check_record(rec, images, lang_source, path, index, source)
@@ -196,12 +259,18 @@ def validate(path=None, root=None, records:Iterable | None = None, lang_source:s
     for k, c in C.items(): setattr(rep, k, dict(c.most_common()))
     return rep
 
+def error_index(e:RecordError) -> int:
+    "The 0-based position a reader error names: `line N` (JSONL) or `#i` (JSON array); -1 when it names none."
+    r = str(e.record or '')
+    if r.startswith('line '): return int(r[5:]) - 1
+    return int(r[1:]) if r.startswith('#') and r[1:].isdigit() else -1
+
 def _with_bad_lines(stream, bad:list) -> Iterator:
-    "Interleave malformed-line errors (collected by `iter_records`) with the records, in file order."
+    "Interleave unreadable-record errors (collected by `iter_records`) with the records, in file order."
     for index, rec in stream:
-        while bad: e = bad.pop(0); yield int(str(e.record).split()[-1]) - 1 if e.record else -1, e
+        while bad: e = bad.pop(0); yield error_index(e), e
         yield index, rec
-    while bad: e = bad.pop(0); yield int(str(e.record).split()[-1]) - 1 if e.record else -1, e
+    while bad: e = bad.pop(0); yield error_index(e), e
 
 # %% ../../nbs/13_validate.ipynb #5fac4f47
 def make_bad_release(d) -> Path:
@@ -253,7 +322,21 @@ def validate_cli(path:str,                 # a LLaVA .json/.jsonl file
         print(f'{p}: {rep.total} records, {rep.valid} valid, {rep.rejected} rejected ({rep.text_only} text-only kept, '
               f'{rep.missing_language} without a language; language codes read with the {src or "global"} alias table)')
         for k in ('by_language', 'by_source', 'by_task', 'by_reason'): print(f'  {k}: {d[k]}')
+        if rejects: print(f'  rejects: {rejects}')
         errs = [q for q in d['problems'] if q['severity'] == 'error']
         for q in errs[:20]: print(f"  rejected {q['id']} [{q['field']}]: {q['reason']}")
         if len(errs) > 20: print(f'  ... {len(errs) - 20} more' + (f' (all in {rejects})' if rejects else ' (use --rejects FILE)'))
     return 1 if strict and rep.rejected else 0
+
+# %% ../../nbs/13_validate.ipynb #16c29c91
+def print_summary(what:str, d:dict, extra:str = ''):
+    "The console summary every data command prints: in / kept / rejected by reason, and where the rejects file is."
+    print(f"{what}: {d['total']} records in, {d['valid']} kept, {d['rejected']} rejected{extra}")
+    if d['by_reason']: print('  rejected by reason: ' + ', '.join(f'{k} {v}' for k, v in d['by_reason'].items()))
+    if d.get('rejects'): print(f"  rejects: {d['rejects']}")
+
+def summary_counts(rows:list[dict], total:int, rejects=None) -> dict:
+    "validate's keys (total, valid, rejected, by_reason, rejects) from reject rows that carry a `code`."
+    by = collections.Counter(r.get('code') or reason_code(str(r.get('reason'))) for r in rows)
+    return {'total': total, 'valid': total - len(rows), 'rejected': len(rows), 'by_reason': dict(by.most_common()),
+            'rejects': str(rejects) if rejects else None}

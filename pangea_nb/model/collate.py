@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from ..contracts import safe_join, UnsafePathError
 from ..data.schema import Sample, Turn, RecordError, IMAGE_TOKEN
+from ..data.validate import ImageChecker
 from .tokenizer import conversation_segments, encode_segments, IGNORE_INDEX
 from .build import n_image_tokens
 
@@ -21,16 +22,16 @@ __all__ = ['MODEL_KEYS', 'ImageFolder', 'sample_messages', 'SampleEncoder', 'exp
 
 # %% ../../nbs/22_collator.ipynb #dc236eb9
 class ImageFolder:
-    "Load a sample's images from `root`; every failure is a `RecordError` naming the record and `images[i]`."
+    "Load a sample's images from `root`; every failure (the shared `ImageChecker`'s, then decoding) is a `RecordError` naming the record and `images[i]`."
     def __init__(self, root, max_pixels:int = 40_000_000):
         self.root, self.max_pixels = Path(root), max_pixels
+        self.checker = ImageChecker(root, max_pixels, decode=False)   # the shared path and file checks of validate and mix
 
     def __call__(self, s:Sample, i:int):
         from PIL import Image
         field = f'images[{i}]'
-        try: path = safe_join(self.root, s.images[i])
-        except UnsafePathError as e: raise RecordError(str(e), None, s.id, field) from None
-        if not path.is_file(): raise RecordError(f'image file not found: {path}', None, s.id, field)
+        path, _, why = self.checker.locate(s.images[i])   # escaping, NUL, too long, symlink loop, missing, directory, empty
+        if why: raise RecordError(why, None, s.id, field)
         try:
             with Image.open(path) as im:
                 if im.width * im.height > self.max_pixels:

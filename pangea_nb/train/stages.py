@@ -19,8 +19,9 @@ from .loop import Trainer, plot_loss
 
 # %% auto #0
 __all__ = ['STAGE_FAMILIES', 'PROOF_LANGS', 'world_config', 'synth_samples', 'SynthImages', 'stage0_samples', 'PoolImages',
-           'stage_data', 'prepare_model', 'run_stage', 'save_backbone', 'run_stages', 'generate_answers',
-           'answer_baselines', 'synth_scores', 'proof_config', 'train_cli', 'proof_cli']
+           'stage_data', 'read_pool_samples', 'write_data_rejects', 'prepare_model', 'run_stage', 'save_backbone',
+           'run_stages', 'generate_answers', 'answer_baselines', 'synth_scores', 'proof_config', 'train_cli',
+           'proof_cli']
 
 # %% ../../nbs/32_stages.ipynb #9c384229
 STAGE_FAMILIES = {1: {'caption': 1}}        # stage 1 = alignment on captions; stage 2 = data.synth_families or the world's mix
@@ -80,7 +81,7 @@ def stage0_samples(cfg:RunConfig, n_docs:int | None = None, lines_per_doc:int = 
 # %% ../../nbs/32_stages.ipynb #d89e1db7
 class PoolImages:
     "Per-pool image loaders, chosen by the pool a sample was read from (`meta['pool']`), else its `source`."
-    def __init__(self, loaders:dict): self.loaders = loaders
+    def __init__(self, loaders:dict, rejects:list | None = None): self.loaders, self.rejects = loaders, rejects   # rejects: records not read
     def __call__(self, s:Sample, i:int):
         key = s.meta.get('pool', s.source)
         if key not in self.loaders: raise RecordError(f'no image root for pool {key!r}', None, s.id, f'images[{i}]')
@@ -90,20 +91,62 @@ def stage_data(cfg:RunConfig, split:str = 'train', n:int | None = None) -> tuple
     "(samples, image loader) of the run's stage and split."
     if cfg.train.stage == 0: return stage0_samples(cfg, n, split=split), None
     if not cfg.data.pools: return synth_samples(cfg, split, n), SynthImages()
-    samples, loaders = [], {}
+    samples, loaders, rejects = [], {}, []
     for i, p in enumerate(cfg.data.pools):
         if p['kind'] == 'synth': got = synth_samples(cfg, split, n); loaders['synth'] = SynthImages()
         elif p['kind'] in ('llava', 'pangeains'):
             if split != 'train': continue
             src = p.get('id') or f'pool{i}'
             path = Path(p['path']).expanduser()
-            got = list(read_samples(path, source=src))
-            for s_ in got: s_.meta['pool'] = src   # a mixture's records keep their own sources; images follow the pool
-            loaders[src] = ImageFolder(p.get('root') or p.get('image_root') or path.parent, cfg.data.max_image_pixels)
+            root = p.get('root') or p.get('image_root') or path.parent
+            codes = p.get('lang_source') or ('pangeains' if p['kind'] == 'pangeains' else None)   # the release's alias table
+            got, rej = read_pool_samples(path, src, root, codes, cfg.data.max_image_pixels); rejects += rej
+            loaders[src] = ImageFolder(root, cfg.data.max_image_pixels)
         else: raise ConfigError(f"DataConfig.pools[{i}]: kind {p['kind']!r} is read through the mixture builder (pangea data mix), "
                                 "whose LLaVA output is a 'llava' pool")
         samples += got
-    return samples, PoolImages(loaders)
+    if rejects and cfg.train.bad_samples == 'error':
+        r = rejects[0]; raise RecordError(r['reason'], r['file'], r['id'], r['field'])
+    return samples, PoolImages(loaders, rejects)
+
+# %% ../../nbs/32_stages.ipynb #f929185f
+def read_pool_samples(path, pool:str, root, lang_source:str | None = None, max_pixels:int = 40_000_000) -> tuple[list[Sample], list[dict]]:
+    """A `llava` pool's records through the shared reader and record checker of `pangea data validate`; (samples, reject rows).
+
+    Image paths get the shared checker's path and file checks here (escaping, missing, directory, symlink loop, empty,
+    ...); pixels are decoded when a batch is built, where a corrupt file is a counted skip of the trainer."""
+    from pangea_nb.data.schema import iter_records
+    from pangea_nb.data.validate import ImageChecker, check_record, error_index, reason_code
+    images, bad, seen, out, rejects = ImageChecker(root, max_pixels, decode=False), [], {}, [], []
+    def reject(i, rid, fld, why):
+        rejects.append({'file': str(path), 'index': i, 'pool': pool, 'id': rid, 'field': fld, 'reason': why, 'code': reason_code(why)})
+    for i, rec in iter_records(path, on_error=bad.append):
+        while bad: e = bad.pop(0); reject(error_index(e), e.record, e.field, e.reason)
+        s, probs = check_record(rec, None, lang_source, path, i, pool)
+        errors = [p for p in probs if p.severity == 'error']
+        if s is not None and not errors:
+            for k, rel in enumerate(s.images):
+                why = images.locate(rel)[2]
+                if why: reject(i, s.id, 'image' if len(s.images) == 1 else f'image[{k}]', why); break
+            else: why = None
+            if why: continue
+        if errors: reject(i, errors[0].id, errors[0].field, errors[0].reason); continue
+        if s.id in seen: reject(i, s.id, 'id', f'duplicate id (first at record #{seen[s.id]})'); continue
+        seen[s.id] = i; s.meta['pool'] = pool; out.append(s)   # a mixture's records keep their own sources; images follow the pool
+    for e in bad: reject(error_index(e), e.record, e.field, e.reason)
+    return out, rejects
+
+def write_data_rejects(out:Path, samples:list, images) -> dict | None:
+    "`data_rejects.jsonl` and `data.json` (validate's keys) for the records a run read from `llava` pools."
+    rows = getattr(images, 'rejects', None)
+    if rows is None: return None
+    from pangea_nb.contracts import atomic_open
+    from pangea_nb.data.validate import summary_counts
+    with atomic_open(out/'data_rejects.jsonl') as f:
+        for r in rows: f.write(json.dumps(r, ensure_ascii=False, default=str) + '\n')
+    d = summary_counts(rows, len(samples) + len(rows), out/'data_rejects.jsonl')
+    atomic_write_json(out/'data.json', d)
+    return d
 
 # %% ../../nbs/32_stages.ipynb #82814128
 def _rank() -> int: return int(os.environ.get('RANK', '0'))
@@ -124,6 +167,7 @@ def run_stage(cfg:RunConfig, out:Path, progress:bool = True) -> Path:
     if cfg.train.threads: torch.set_num_threads(cfg.train.threads)
     model, proc = prepare_model(cfg)
     samples, images = stage_data(cfg, 'train')
+    if _rank() == 0: write_data_rejects(out, samples, images)
     eval_samples = stage_data(cfg, 'test', n=min(200, max(10, cfg.data.n_samples // 10)))[0] if cfg.train.eval_every else None
     t = Trainer(cfg, model, proc, samples, images=images, eval_samples=eval_samples, out_dir=out)
     d = t.fit(progress=progress)
