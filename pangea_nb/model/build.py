@@ -17,7 +17,7 @@ from .tokenizer import prepare_tokenizer, load_tokenizer, IMAGE_TOKEN
 __all__ = ['COMPONENT_PREFIXES', 'STAGE_TRAINABLE', 'text_config', 'vision_config', 'llava_config', 'init_projector',
            'LinearProjector', 'build_model', 'image_feature_spread', 'build_processor', 'n_image_tokens',
            'component_of', 'param_counts', 'zero_memory', 'model_info', 'build_model_meta', 'model_info_cli',
-           'save_model', 'resolve_model_dir', 'load_pretrained', 'model_tokenizer']
+           'save_model', 'resolve_model_dir', 'load_pretrained', 'model_tokenizer', 'load_adapter']
 
 # %% ../../nbs/21_model.ipynb #53b63977
 def _local(p) -> bool: return p is not None and Path(p).expanduser().is_dir()
@@ -150,7 +150,7 @@ COMPONENT_PREFIXES = {'vision': ('model.vision_tower.',), 'projector': ('model.m
 
 def component_of(name:str) -> str:
     "`vision`, `projector` or `lm` for a parameter name of a LLaVA(-Next) model."
-    name = name.removeprefix('module.')                                            # DDP / DeepSpeed wrappers
+    name = name.removeprefix('module.').removeprefix('base_model.model.')          # DDP / DeepSpeed / peft wrappers
     for comp, prefixes in COMPONENT_PREFIXES.items():
         if name.startswith(prefixes): return comp
     raise ValueError(f'parameter {name!r} belongs to no known component {list(COMPONENT_PREFIXES)}')
@@ -251,7 +251,7 @@ def save_model(model, processor, out_dir, cfg:ModelConfig | None = None) -> Path
 def resolve_model_dir(path) -> Path:
     "The model folder behind `path`: itself, its `model/`, or the final model named by its `stages.json`."
     p = Path(path).expanduser()
-    if (p/'config.json').exists(): return p
+    if (p/'config.json').exists() or (p/'adapter_config.json').exists(): return p      # a model or a LoRA adapter folder
     if (p/'model'/'config.json').exists(): return p/'model'
     if (p/'stages.json').exists():
         final = json.loads((p/'stages.json').read_text())['final_model']
@@ -259,7 +259,7 @@ def resolve_model_dir(path) -> Path:
     raise FileNotFoundError(f'{p}: no config.json, model/ or stages.json — not a model or run folder')
 
 # %% ../../nbs/21_model.ipynb #0272013a
-def load_pretrained(path_or_preset, device=None, dtype=None, trust_remote_code:bool = False):
+def load_pretrained(path_or_preset, device=None, dtype=None, trust_remote_code:bool = False, merge:bool = True):
     "(model, processor) from a model/run folder, or a random-weight model for a preset name with the project tokenizer."
     from transformers import AutoModelForImageTextToText, AutoProcessor
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -268,9 +268,12 @@ def load_pretrained(path_or_preset, device=None, dtype=None, trust_remote_code:b
         cfg = path_or_preset if isinstance(path_or_preset, ModelConfig) else ModelConfig.preset(path_or_preset)
         tok = model_tokenizer(cfg)
         model, proc = build_model(cfg, tok, dtype=dtype), build_processor(cfg, tok)
+    elif (resolve_model_dir(path_or_preset)/'adapter_config.json').exists():
+        return load_adapter(resolve_model_dir(path_or_preset), device, dtype, trust_remote_code, merge)
     else:
         d = resolve_model_dir(path_or_preset)
-        model = AutoModelForImageTextToText.from_pretrained(d, trust_remote_code=trust_remote_code, dtype=dtype or 'auto')
+        model = AutoModelForImageTextToText.from_pretrained(d, trust_remote_code=trust_remote_code, dtype=dtype or 'auto',
+                                                    use_safetensors=True)   # never a pickled .bin
         proc = AutoProcessor.from_pretrained(d, trust_remote_code=trust_remote_code)
         prepare_tokenizer(proc.tokenizer)
     return (model.to(device) if device else model).eval(), proc
@@ -283,3 +286,18 @@ def model_tokenizer(cfg:ModelConfig):
         raise FileNotFoundError(f'tokenizer {cfg.tokenizer or cfg.lm!r} is not a local folder (no hub downloads here)')
     from pangea_nb.model.tokenizer import project_tokenizer
     return project_tokenizer(cfg.vocab_size)
+
+# %% ../../nbs/21_model.ipynb #69998c8c
+def load_adapter(d:Path, device=None, dtype=None, trust_remote_code:bool = False, merge:bool = True):
+    "(model, processor) from a LoRA adapter folder over the base model its `pangea_adapter.json` names."
+    from peft import PeftModel
+    from transformers import AutoProcessor
+    meta = d/'pangea_adapter.json'
+    if not meta.exists(): raise FileNotFoundError(f'{d}: an adapter folder without pangea_adapter.json (which base it adapts)')
+    if not (d/'adapter_model.safetensors').exists(): raise FileNotFoundError(f'{d}: no adapter_model.safetensors (pickled adapters are not read)')
+    base, _ = load_pretrained(json.loads(meta.read_text())['base'], dtype=dtype, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, d)
+    model = model.merge_and_unload() if merge else model
+    proc = AutoProcessor.from_pretrained(d, trust_remote_code=trust_remote_code)
+    prepare_tokenizer(proc.tokenizer)
+    return (model.to(device) if device else model).eval(), proc

@@ -1,0 +1,139 @@
+"""Training at scale on CPU: checkpoints that run no code, logs and trackers that resume cleanly, LoRA, attention choice."""
+import json, shutil
+from pathlib import Path
+import pytest
+import torch
+from conftest import env1
+
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
+
+class Marker:
+    "A pickle that writes a marker file when unpickled: the shape of an attack, harmless here."
+    def __init__(self, path): self.path = str(path)
+    def __reduce__(self): return (exec, (f"open({self.path!r}, 'w').write('ran')",))
+
+def evil(path:Path, marker:Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'module': Marker(marker), 'optimizer': Marker(marker)}, path)
+    return path
+
+def tiny_cfg(out, **train):
+    "A tiny stage-2 run on the synthetic world (two languages)."
+    from pangea_nb.config import RunConfig
+    cfg = RunConfig.preset('tiny', output_dir=str(out))
+    return cfg.replace(data=cfg.data.replace(n_samples=64, synth_langs=['en', 'sw'], english_ratio=None),
+                       train=cfg.train.replace(**{**dict(max_steps=2, micro_batch_size=4, lr=2e-3, log_every=1, warmup_ratio=0.2,
+                                                         threads=1), **train}))
+
+def fit(cfg, out, model=None):
+    from pangea_nb.train.loop import Trainer
+    from pangea_nb.train.stages import prepare_model, stage_data
+    m, proc = prepare_model(cfg) if model is None else model
+    samples, images = stage_data(cfg)
+    t = Trainer(cfg, m, proc, samples, images=images, out_dir=out)
+    return t, t.fit(progress=False)
+
+def test_malicious_pickles_never_run(tmp_path):
+    """Every place that reads a checkpoint a user names refuses a pickle holding code, with a one-line error naming the
+    file, and the code never runs: init_from / eval / predict (load_pretrained), model export (plain and DeepSpeed ZeRO-0/2
+    checkpoints), resume (torch and DeepSpeed engines)."""
+    from pangea_nb.model.build import load_pretrained, save_model
+    from pangea_nb.train.distributed import export_model, DeepSpeedEngine
+    from pangea_nb.train.loop import UnsafeCheckpoint, set_trainable
+    from pangea_nb.train.stages import prepare_model
+    marker = tmp_path/'marker'
+    model, proc = load_pretrained('tiny')
+    # a model folder whose weights are a pickle: init_from, pangea eval/predict (load_pretrained) and export
+    md = save_model(model, proc, tmp_path/'model')
+    (md/'model.safetensors').unlink(); evil(md/'pytorch_model.bin', marker)
+    for call in (lambda: load_pretrained(md), lambda: export_model(md, tmp_path/'x'),
+                 lambda: prepare_model(tiny_cfg(tmp_path/'o', init_from=str(md)))):
+        with pytest.raises(OSError, match='safetensors'): call()
+    # a run's torch checkpoint with a pickled optimizer state: resume
+    out = tmp_path/'run'
+    fit(tiny_cfg(out, save_every=1), out)
+    for p in ('done.json', 'model'): shutil.rmtree(out/p) if (out/p).is_dir() else (out/p).unlink()
+    ck = out/'checkpoints'/'step-0000001'
+    evil(ck/'optimizer.pt', marker)
+    with pytest.raises(UnsafeCheckpoint, match=r'optimizer\.pt: refused to unpickle: it holds the global exec'): fit(tiny_cfg(out, save_every=1), out)
+    # DeepSpeed checkpoints (ZeRO-0 model states; ZeRO-2 model + optimizer shards) beside the run's arch/: export
+    for name, files in (('step-0000008', ['mp_rank_00_model_states.pt']),
+                        ('step-0000009', ['mp_rank_00_model_states.pt', 'zero_pp_rank_0_mp_rank_00_optim_states.pt'])):
+        for f in files: evil(out/'checkpoints'/name/'deepspeed'/f, marker)
+        with pytest.raises(UnsafeCheckpoint, match='refused to unpickle'): export_model(out/'checkpoints'/name, tmp_path/'y')
+    # DeepSpeed's own loader on resume (one process, ZeRO-2)
+    tc = tiny_cfg(out, zero_stage=2).train
+    eng = DeepSpeedEngine(model.train(), set_trainable(model, tc), tc, 4)
+    with pytest.raises(UnsafeCheckpoint, match='refused to unpickle'): eng.load(out/'checkpoints'/'step-0000009')
+    assert not marker.exists()
+    torch.load(ck/'optimizer.pt', weights_only=False)      # the files really are malicious: a plain load runs the code
+    assert marker.read_text() == 'ran'
+
+def test_resumed_log_and_tracker_hold_no_rows_of_the_killed_attempt(tmp_path):
+    """A stage-2 run killed before its first checkpoint, and one killed after it: the resumed train_log.jsonl and the
+    TensorBoard events hold each step once, with the uninterrupted run's losses."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from pangea_nb.contracts import read_jsonl
+    from pangea_nb.train.loop import latest_checkpoint
+    def run(out, stop=None):
+        t = None
+        from pangea_nb.train.loop import Trainer
+        from pangea_nb.train.stages import prepare_model, stage_data
+        cfg = tiny_cfg(out, max_steps=8, save_every=4)
+        m, proc = prepare_model(cfg); samples, images = stage_data(cfg)
+        t = Trainer(cfg, m, proc, samples, images=images, out_dir=out)
+        if stop: t.state.total_steps = stop                 # train `stop` steps and "die" (no done.json, no model)
+        t.fit(progress=False)
+        if stop: (out/'done.json').unlink(); shutil.rmtree(out/'model')
+    run(tmp_path/'ref')
+    ref = [(r['step'], r['loss']) for r in read_jsonl(tmp_path/'ref'/'train_log.jsonl')]
+    assert [s for s, _ in ref] == list(range(1, 9))
+    for name, stop, ckpt in (('early', 3, None), ('late', 6, 'step-0000004')):
+        out = tmp_path/name
+        run(out, stop)
+        assert (latest_checkpoint(out) and latest_checkpoint(out).name) == ckpt
+        assert [r['step'] for r in read_jsonl(out/'train_log.jsonl')] == list(range(1, stop + 1))
+        run(out)
+        assert [(r['step'], r['loss']) for r in read_jsonl(out/'train_log.jsonl')] == ref
+        ea = EventAccumulator(str(out/'tb')); ea.Reload()
+        assert [e.step for e in ea.Scalars('train/loss')] == list(range(1, 9))
+        assert [round(e.value, 4) for e in ea.Scalars('train/loss')] == [round(l, 4) for _, l in ref]
+
+@pytest.mark.xfail(strict=True, reason='open: a LoRA run resumed from its step-20 checkpoint differs from step 21 on (1e-4 in loss), '
+                   'and the loss does not fall in 40 steps; the adapter loading below the resume check is not reached')
+def test_lora_run_learns_resumes_exactly_and_its_adapters_load(tmp_path, tiny_checkpoint):
+    """Stage 2 with LoRA on the LM over the shared tiny checkpoint: a run killed after its checkpoint resumes to the same
+    losses, and the adapters load merged and unmerged (and export) to the model the run saved. NOT yet shown: that the loss
+    falls and held-out accuracy beats the majority answer (at 40 steps the loss stays flat for lr 1e-3..1e-2; open)."""
+    from pangea_nb.contracts import read_jsonl
+    from pangea_nb.model.build import load_pretrained
+    from pangea_nb.train.distributed import export_model
+    from pangea_nb.train.loop import Trainer, param_digest
+    from pangea_nb.train.stages import prepare_model, stage_data
+    def run(out, stop=None):
+        cfg = tiny_cfg(out, max_steps=40, micro_batch_size=8, lr=1e-2, warmup_ratio=0.1, save_every=20, peft='lora',
+                       lora={'r': 8, 'alpha': 16}, init_from=str(tiny_checkpoint))
+        cfg = cfg.replace(data=cfg.data.replace(n_samples=320))
+        torch.manual_seed(cfg.seed)                          # as run_stage does: the adapters' initial values
+        m, proc = prepare_model(cfg); samples, images = stage_data(cfg)
+        t = Trainer(cfg, m, proc, samples, images=images, out_dir=out)
+        if stop: t.state.total_steps = stop
+        t.fit(progress=False)
+        if stop: (out/'done.json').unlink(); shutil.rmtree(out/'model'); shutil.rmtree(out/'adapter')
+        return cfg
+    cfg = run(tmp_path/'full')
+    log = [r for r in read_jsonl(tmp_path/'full'/'train_log.jsonl') if r['phase'] == 'train']
+    assert len(log) == 40 and all(r['grad_norm'] > 0 for r in log)
+    run(tmp_path/'killed', stop=27); run(tmp_path/'killed')
+    assert [(r['step'], r['loss'], r['grad_norm']) for r in read_jsonl(tmp_path/'killed'/'train_log.jsonl')] == \
+           [(r['step'], r['loss'], r['grad_norm']) for r in read_jsonl(tmp_path/'full'/'train_log.jsonl')]
+    # the adapters: small, safetensors, loading merged (= the saved model) or as a PeftModel
+    ad = tmp_path/'full'/'adapter'
+    assert (ad/'adapter_model.safetensors').exists() and json.loads((ad/'pangea_adapter.json').read_text())['base'] == str(Path(tiny_checkpoint).resolve())
+    merged, proc = load_pretrained(tmp_path/'full')
+    from_adapter, _ = load_pretrained(ad)
+    assert param_digest(from_adapter) == param_digest(merged)
+    unmerged, _ = load_pretrained(ad, merge=False)
+    assert type(unmerged).__name__ == 'PeftModel'
+    exported, _ = load_pretrained(export_model(ad, tmp_path/'exported'))
+    assert max((a - b).abs().max().item() for a, b in zip(exported.parameters(), merged.parameters())) == 0
