@@ -447,7 +447,8 @@ def _fit(self:Trainer, progress:bool = True) -> Path:
     loader = iter(torch.utils.data.DataLoader(
         MicroBatches(self.samples, self.enc, self.plan, self.tc.packing, self.tc.bad_samples, self.tc.cache_encoded), batch_size=None,
         sampler=RankSampler(self.state.micro_batches, self.world, self.rank), num_workers=self.tc.num_workers,
-        collate_fn=lambda b: b, persistent_workers=False))
+        collate_fn=lambda b: b, persistent_workers=False,
+        generator=torch.Generator().manual_seed(0)))   # its base seed from its own generator: the global RNG (dropout) is untouched
     total, A = self.state.total_steps, self.tc.grad_accum
     bar = tqdm(total=total, initial=self.state.step, desc=f'stage {self.tc.stage}', disable=not progress or self.rank > 0)
     window, t_win = [], time.perf_counter()
