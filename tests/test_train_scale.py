@@ -1,5 +1,5 @@
 """Training at scale on CPU: checkpoints that run no code, logs and trackers that resume cleanly, LoRA, attention choice."""
-import json, shutil
+import json, math, shutil
 from pathlib import Path
 import pytest
 import torch
@@ -135,3 +135,50 @@ def test_lora_run_learns_resumes_exactly_and_its_adapters_load(tmp_path, tiny_ch
     assert type(unmerged).__name__ == 'PeftModel'
     exported, _ = load_pretrained(export_model(ad, tmp_path/'exported'))
     assert max((a - b).abs().max().item() for a, b in zip(exported.parameters(), merged.parameters())) == 0
+    # pangea eval / predict (load_predictor): the adapter folder answers as the merged model does, and so does the
+    # unmerged PeftModel; the adapted model answers differently from its base (the adapters changed something)
+    from pangea_nb.eval.infer import Predictor, load_predictor
+    from pangea_nb.train.stages import SynthImages
+    test, _ = stage_data(cfg, 'test', 8)
+    ask = lambda p: p.generate([s.turns[0].text for s in test], [[SynthImages()(s, 0)] for s in test], max_new_tokens=8)
+    got = ask(load_predictor(str(ad)))
+    assert got == ask(load_predictor(str(tmp_path/'full'))) == ask(Predictor(unmerged, proc))
+    assert param_digest(merged) != param_digest(load_pretrained(tiny_checkpoint)[0])
+
+def test_attention_kernel_is_chosen_by_what_the_machine_has(monkeypatch):
+    """`attn_implementation: auto`: FlashAttention-2 (varlen kernels for packed rows) only with flash_attn installed on
+    CUDA, else SDPA; availability mocked here, since this machine has neither. A CPU build under auto runs SDPA."""
+    import importlib.util
+    from pangea_nb.model.build import resolve_attn_implementation, load_pretrained
+    real = importlib.util.find_spec
+    for cuda, flash, want in ((True, True, 'flash_attention_2'), (True, False, 'sdpa'), (False, True, 'sdpa'), (False, False, 'sdpa')):
+        monkeypatch.setattr(torch.cuda, 'is_available', lambda: cuda)
+        monkeypatch.setattr(importlib.util, 'find_spec', lambda name, *a: object() if name == 'flash_attn' and flash else real(name, *a))
+        assert resolve_attn_implementation('auto') == want, (cuda, flash)
+        assert resolve_attn_implementation('sdpa') == 'sdpa'
+        if want == 'sdpa':
+            with pytest.raises(ValueError, match='flash_attention_2 needs a CUDA GPU and the flash_attn package'):
+                resolve_attn_implementation('flash_attention_2')
+    monkeypatch.undo()
+    model, _ = load_pretrained('tiny')
+    assert model.config.text_config._attn_implementation == 'sdpa' == resolve_attn_implementation('auto')
+
+@pytest.mark.parametrize('packing', [False, True])
+def test_bf16_and_gradient_checkpointing_train_on_cpu(tmp_path, packing):
+    """A few stage-2 steps of the tiny preset under bf16 autocast with gradient checkpointing (and packing): finite
+    losses, non-zero gradient norms, every trained component moves; the first step's loss matches fp32 closely."""
+    from pangea_nb.contracts import read_jsonl
+    from pangea_nb.train.stages import prepare_model
+    rows = {}
+    for name, kw in (('bf16', dict(precision='bf16', grad_checkpointing=True)), ('fp32', dict(precision='fp32'))):
+        cfg = tiny_cfg(tmp_path/name, max_steps=3, packing=packing, **kw)
+        m, proc = prepare_model(cfg)
+        before = {n: p.detach().clone() for n, p in m.named_parameters()}
+        t, _ = fit(cfg, tmp_path/name, (m, proc))
+        assert t.engine.amp == (torch.bfloat16 if name == 'bf16' else None)
+        assert m.is_gradient_checkpointing == (name == 'bf16')
+        rows[name] = [r for r in read_jsonl(tmp_path/name/'train_log.jsonl') if r['phase'] == 'train']
+        assert len(rows[name]) == 3 and all(math.isfinite(r['loss']) and r['grad_norm'] > 0 for r in rows[name])
+        moved = {n.split('.')[1] for n, p in m.named_parameters() if not torch.equal(p, before[n])}
+        assert {'multi_modal_projector', 'language_model'} <= moved, moved
+    assert abs(rows['bf16'][0]['loss'] - rows['fp32'][0]['loss']) < 0.05 * rows['fp32'][0]['loss']

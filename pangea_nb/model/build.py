@@ -15,9 +15,9 @@ from .tokenizer import prepare_tokenizer, load_tokenizer, IMAGE_TOKEN
 
 # %% auto #0
 __all__ = ['COMPONENT_PREFIXES', 'STAGE_TRAINABLE', 'text_config', 'vision_config', 'llava_config', 'init_projector',
-           'LinearProjector', 'build_model', 'image_feature_spread', 'build_processor', 'n_image_tokens',
-           'component_of', 'param_counts', 'zero_memory', 'model_info', 'build_model_meta', 'model_info_cli',
-           'save_model', 'resolve_model_dir', 'load_pretrained', 'model_tokenizer', 'load_adapter']
+           'LinearProjector', 'resolve_attn_implementation', 'build_model', 'image_feature_spread', 'build_processor',
+           'n_image_tokens', 'component_of', 'param_counts', 'zero_memory', 'model_info', 'build_model_meta',
+           'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained', 'model_tokenizer', 'load_adapter']
 
 # %% ../../nbs/21_model.ipynb #53b63977
 def _local(p) -> bool: return p is not None and Path(p).expanduser().is_dir()
@@ -78,6 +78,18 @@ class LinearProjector(nn.Module):
         super().__init__(); self.linear_1 = nn.Linear(d_in, d_out)
     def forward(self, x): return self.linear_1(x)
 
+# %% ../../nbs/21_model.ipynb #36b9ea2d
+def resolve_attn_implementation(requested:str = 'auto', device=None, cuda:bool | None = None, flash:bool | None = None) -> str:
+    "The attention kernel for `requested`: 'auto' -> 'flash_attention_2' with flash_attn on CUDA, else 'sdpa'."
+    import importlib.util
+    if cuda is None: cuda = (torch.device(device).type == 'cuda') if device is not None else torch.cuda.is_available()
+    if flash is None: flash = importlib.util.find_spec('flash_attn') is not None
+    if requested == 'auto': return 'flash_attention_2' if cuda and flash else 'sdpa'
+    if requested == 'flash_attention_2' and not (cuda and flash):
+        raise ValueError('model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash_attn package '
+                         f"({'no CUDA' if not cuda else 'flash_attn is not installed'}); use auto or sdpa")
+    return requested
+
 # %% ../../nbs/21_model.ipynb #5cc7363e
 def _load_part(target:nn.Module, path, cls_name:str, trust_remote_code:bool):
     "Copy the weights of a local checkpoint into `target` (a sub-module of the composite model)."
@@ -96,7 +108,7 @@ def build_model(cfg:ModelConfig, tok, seed:int = 0, dtype=None):
     torch.manual_seed(seed)
     hf_cfg = llava_config(cfg, tok)
     cls = LlavaNextForConditionalGeneration if cfg.arch == 'llava_next' else LlavaForConditionalGeneration
-    model = cls._from_config(hf_cfg, attn_implementation=cfg.attn_implementation, dtype=torch.float32)
+    model = cls._from_config(hf_cfg, attn_implementation=resolve_attn_implementation(cfg.attn_implementation), dtype=torch.float32)
     if cfg.projector == 'linear':
         model.model.multi_modal_projector = LinearProjector(hf_cfg.vision_config.hidden_size, hf_cfg.text_config.hidden_size)
     if _local(cfg.lm):
@@ -273,7 +285,7 @@ def load_pretrained(path_or_preset, device=None, dtype=None, trust_remote_code:b
     else:
         d = resolve_model_dir(path_or_preset)
         model = AutoModelForImageTextToText.from_pretrained(d, trust_remote_code=trust_remote_code, dtype=dtype or 'auto',
-                                                    use_safetensors=True)   # never a pickled .bin
+                                                    use_safetensors=True, attn_implementation=resolve_attn_implementation('auto', device))   # never a pickled .bin
         proc = AutoProcessor.from_pretrained(d, trust_remote_code=trust_remote_code)
         prepare_tokenizer(proc.tokenizer)
     return (model.to(device) if device else model).eval(), proc
