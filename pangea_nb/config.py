@@ -234,7 +234,7 @@ class ModelConfig(BaseConfig):
     projector: str = 'mlp2x_gelu'        # Pangea/LLaVA-1.5: Linear-GELU-Linear
     image_grid_pinpoints: list = field(default_factory=list)  # anyres resolutions [[h, w], ...] (llava_next)
     dtype: str = 'float32'               # weights dtype on load: 'float32' | 'bfloat16' | 'float16'
-    attn_implementation: str = 'sdpa'
+    attn_implementation: str = 'auto'   # 'auto' (flash_attention_2 on CUDA with flash_attn, else sdpa) | 'sdpa' | 'eager' | 'flash_attention_2'
     trust_remote_code: bool = False      # off: never run code shipped with a checkpoint unless asked
 
     def validate(self):
@@ -243,6 +243,7 @@ class ModelConfig(BaseConfig):
         self.check_choice('projector', ('mlp2x_gelu', 'linear'))
         self.check_choice('dtype', ('float32', 'bfloat16', 'float16'))
         self.check_choice('vision_feature_select', ('default', 'full'))
+        self.check_choice('attn_implementation', ('auto', 'sdpa', 'eager', 'flash_attention_2'))
         for k in ('hidden_size', 'n_layers', 'n_heads', 'intermediate_size', 'vocab_size', 'max_position',
                   'image_size', 'patch_size', 'vision_hidden', 'vision_layers', 'vision_heads'):
             self.check(k, getattr(self, k) > 0, 'must be > 0')
@@ -313,7 +314,10 @@ class TrainConfig(BaseConfig):
     cache_encoded: bool = False          # keep encoded samples in memory across epochs (small datasets: skips re-decoding images)
     threads: int | None = None           # torch threads per process; None = torch's default
     seed: int = 0
-    report_to: list = field(default_factory=list)  # any of 'tensorboard', 'wandb'
+    report_to: list = field(default_factory=lambda: ['tensorboard'])  # any of 'tensorboard' (local, RUN_DIR/<stage>/tb/), 'wandb'
+    peft: str = 'none'                   # 'none' | 'lora' (adapters on the LM, projector fully) | 'qlora' (4-bit LM: CUDA + bitsandbytes)
+    lora: dict = field(default_factory=dict)  # {r, alpha, dropout, target_modules, vision}: unset keys take LORA_DEFAULTS (30_trainer)
+    peak_flops: float | None = None      # peak FLOP/s per process for the logged MFU; None = the GPU's entry in PEAK_FLOPS, CPU 1e12 (a stated nominal)
 
     def validate(self):
         self.check_choice('stage', (0, 1, 2))
@@ -336,6 +340,16 @@ class TrainConfig(BaseConfig):
         self.check('offload', not self.offload or self.zero_stage >= 2, 'CPU offload needs zero_stage 2 or 3')
         if self.threads is not None: self.check('threads', self.threads > 0, 'must be > 0')
         self.check('report_to', set(self.report_to) <= {'tensorboard', 'wandb'}, "entries must be 'tensorboard' or 'wandb'")
+        self.check_choice('peft', ('none', 'lora', 'qlora'))
+        bad = set(self.lora) - {'r', 'alpha', 'dropout', 'target_modules', 'vision'}
+        self.check('lora', not bad, f'unknown keys {sorted(bad)}; known: r, alpha, dropout, target_modules, vision')
+        for k in ('r', 'alpha'):
+            if k in self.lora: self.check('lora', isinstance(self.lora[k], (int, float)) and self.lora[k] > 0, f'{k} must be > 0')
+        if 'dropout' in self.lora: self.check('lora', 0 <= self.lora['dropout'] < 1, 'dropout must be in [0, 1)')
+        if self.peft != 'none':
+            self.check('peft', self.stage in (0, 2) and not self.freeze_lm, 'LoRA adapts the LM: stage 0 or 2 with freeze_lm off')
+            self.check('peft', self.zero_stage < 3, 'LoRA runs with ZeRO 0-2 (adapters are small; ZeRO-3 sharding is not wired for them)')
+        if self.peak_flops is not None: self.check('peak_flops', self.peak_flops > 0, 'must be > 0')
 
 TrainConfig.PRESETS = {
     'stage0': dict(stage=0, lr=3e-3, warmup_ratio=0.05, micro_batch_size=32),

@@ -15,9 +15,9 @@ from .tokenizer import prepare_tokenizer, load_tokenizer, IMAGE_TOKEN
 
 # %% auto #0
 __all__ = ['COMPONENT_PREFIXES', 'STAGE_TRAINABLE', 'text_config', 'vision_config', 'llava_config', 'init_projector',
-           'LinearProjector', 'build_model', 'image_feature_spread', 'build_processor', 'n_image_tokens',
-           'component_of', 'param_counts', 'zero_memory', 'model_info', 'build_model_meta', 'model_info_cli',
-           'save_model', 'resolve_model_dir', 'load_pretrained', 'model_tokenizer']
+           'LinearProjector', 'resolve_attn_implementation', 'build_model', 'image_feature_spread', 'build_processor',
+           'n_image_tokens', 'component_of', 'param_counts', 'zero_memory', 'model_info', 'build_model_meta',
+           'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained', 'model_tokenizer', 'load_adapter']
 
 # %% ../../nbs/21_model.ipynb #53b63977
 def _local(p) -> bool: return p is not None and Path(p).expanduser().is_dir()
@@ -78,6 +78,18 @@ class LinearProjector(nn.Module):
         super().__init__(); self.linear_1 = nn.Linear(d_in, d_out)
     def forward(self, x): return self.linear_1(x)
 
+# %% ../../nbs/21_model.ipynb #36b9ea2d
+def resolve_attn_implementation(requested:str = 'auto', device=None, cuda:bool | None = None, flash:bool | None = None) -> str:
+    "The attention kernel for `requested`: 'auto' -> 'flash_attention_2' with flash_attn on CUDA, else 'sdpa'."
+    import importlib.util
+    if cuda is None: cuda = (torch.device(device).type == 'cuda') if device is not None else torch.cuda.is_available()
+    if flash is None: flash = importlib.util.find_spec('flash_attn') is not None
+    if requested == 'auto': return 'flash_attention_2' if cuda and flash else 'sdpa'
+    if requested == 'flash_attention_2' and not (cuda and flash):
+        raise ValueError('model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash_attn package '
+                         f"({'no CUDA' if not cuda else 'flash_attn is not installed'}); use auto or sdpa")
+    return requested
+
 # %% ../../nbs/21_model.ipynb #5cc7363e
 def _load_part(target:nn.Module, path, cls_name:str, trust_remote_code:bool):
     "Copy the weights of a local checkpoint into `target` (a sub-module of the composite model)."
@@ -96,7 +108,7 @@ def build_model(cfg:ModelConfig, tok, seed:int = 0, dtype=None):
     torch.manual_seed(seed)
     hf_cfg = llava_config(cfg, tok)
     cls = LlavaNextForConditionalGeneration if cfg.arch == 'llava_next' else LlavaForConditionalGeneration
-    model = cls._from_config(hf_cfg, attn_implementation=cfg.attn_implementation, dtype=torch.float32)
+    model = cls._from_config(hf_cfg, attn_implementation=resolve_attn_implementation(cfg.attn_implementation), dtype=torch.float32)
     if cfg.projector == 'linear':
         model.model.multi_modal_projector = LinearProjector(hf_cfg.vision_config.hidden_size, hf_cfg.text_config.hidden_size)
     if _local(cfg.lm):
@@ -150,7 +162,7 @@ COMPONENT_PREFIXES = {'vision': ('model.vision_tower.',), 'projector': ('model.m
 
 def component_of(name:str) -> str:
     "`vision`, `projector` or `lm` for a parameter name of a LLaVA(-Next) model."
-    name = name.removeprefix('module.')                                            # DDP / DeepSpeed wrappers
+    name = name.removeprefix('module.').removeprefix('base_model.model.')          # DDP / DeepSpeed / peft wrappers
     for comp, prefixes in COMPONENT_PREFIXES.items():
         if name.startswith(prefixes): return comp
     raise ValueError(f'parameter {name!r} belongs to no known component {list(COMPONENT_PREFIXES)}')
@@ -251,7 +263,7 @@ def save_model(model, processor, out_dir, cfg:ModelConfig | None = None) -> Path
 def resolve_model_dir(path) -> Path:
     "The model folder behind `path`: itself, its `model/`, or the final model named by its `stages.json`."
     p = Path(path).expanduser()
-    if (p/'config.json').exists(): return p
+    if (p/'config.json').exists() or (p/'adapter_config.json').exists(): return p      # a model or a LoRA adapter folder
     if (p/'model'/'config.json').exists(): return p/'model'
     if (p/'stages.json').exists():
         final = json.loads((p/'stages.json').read_text())['final_model']
@@ -259,7 +271,7 @@ def resolve_model_dir(path) -> Path:
     raise FileNotFoundError(f'{p}: no config.json, model/ or stages.json — not a model or run folder')
 
 # %% ../../nbs/21_model.ipynb #0272013a
-def load_pretrained(path_or_preset, device=None, dtype=None, trust_remote_code:bool = False):
+def load_pretrained(path_or_preset, device=None, dtype=None, trust_remote_code:bool = False, merge:bool = True):
     "(model, processor) from a model/run folder, or a random-weight model for a preset name with the project tokenizer."
     from transformers import AutoModelForImageTextToText, AutoProcessor
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -268,9 +280,12 @@ def load_pretrained(path_or_preset, device=None, dtype=None, trust_remote_code:b
         cfg = path_or_preset if isinstance(path_or_preset, ModelConfig) else ModelConfig.preset(path_or_preset)
         tok = model_tokenizer(cfg)
         model, proc = build_model(cfg, tok, dtype=dtype), build_processor(cfg, tok)
+    elif (resolve_model_dir(path_or_preset)/'adapter_config.json').exists():
+        return load_adapter(resolve_model_dir(path_or_preset), device, dtype, trust_remote_code, merge)
     else:
         d = resolve_model_dir(path_or_preset)
-        model = AutoModelForImageTextToText.from_pretrained(d, trust_remote_code=trust_remote_code, dtype=dtype or 'auto')
+        model = AutoModelForImageTextToText.from_pretrained(d, trust_remote_code=trust_remote_code, dtype=dtype or 'auto',
+                                                    use_safetensors=True, attn_implementation=resolve_attn_implementation('auto', device))   # never a pickled .bin
         proc = AutoProcessor.from_pretrained(d, trust_remote_code=trust_remote_code)
         prepare_tokenizer(proc.tokenizer)
     return (model.to(device) if device else model).eval(), proc
@@ -283,3 +298,18 @@ def model_tokenizer(cfg:ModelConfig):
         raise FileNotFoundError(f'tokenizer {cfg.tokenizer or cfg.lm!r} is not a local folder (no hub downloads here)')
     from pangea_nb.model.tokenizer import project_tokenizer
     return project_tokenizer(cfg.vocab_size)
+
+# %% ../../nbs/21_model.ipynb #69998c8c
+def load_adapter(d:Path, device=None, dtype=None, trust_remote_code:bool = False, merge:bool = True):
+    "(model, processor) from a LoRA adapter folder over the base model its `pangea_adapter.json` names."
+    from peft import PeftModel
+    from transformers import AutoProcessor
+    meta = d/'pangea_adapter.json'
+    if not meta.exists(): raise FileNotFoundError(f'{d}: an adapter folder without pangea_adapter.json (which base it adapts)')
+    if not (d/'adapter_model.safetensors').exists(): raise FileNotFoundError(f'{d}: no adapter_model.safetensors (pickled adapters are not read)')
+    base, _ = load_pretrained(json.loads(meta.read_text())['base'], dtype=dtype, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(base, d)
+    model = model.merge_and_unload() if merge else model
+    proc = AutoProcessor.from_pretrained(d, trust_remote_code=trust_remote_code)
+    prepare_tokenizer(proc.tokenizer)
+    return (model.to(device) if device else model).eval(), proc

@@ -165,6 +165,7 @@ MODEL_KEYS = ('input_ids', 'attention_mask', 'position_ids', 'pixel_values', 'im
 
 def token_loss_sum(model, batch:dict) -> tuple[torch.Tensor, int]:
     "(sum of next-token cross-entropy over labelled positions, their count) for one micro-batch."
+    if hasattr(model, 'get_base_model'): model = model.get_base_model()    # peft: the LLaVA model with adapters injected
     inner = model.model if hasattr(model, 'lm_head') else model.module.model
     head = model.lm_head if hasattr(model, 'lm_head') else model.module.lm_head
     kw = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}

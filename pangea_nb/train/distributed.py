@@ -10,13 +10,14 @@ import os, shutil, socket, subprocess, sys
 from pathlib import Path
 import torch
 from ..config import TrainConfig, ModelConfig
-from ..model.build import save_model, resolve_model_dir
+from ..model.build import save_model, resolve_model_dir, load_pretrained
 from ..model.collate import token_loss_sum
-from .loop import Schedule, resolve_precision
+from .loop import Schedule, resolve_precision, weights_only_loads
 
 # %% auto #0
 __all__ = ['deepspeed_config', 'free_port', 'dist_init', 'rank_world', 'barrier', 'LossModule', 'DeepSpeedEngine',
-           'consolidated_state_dict', 'load_full_state', 'export_model', 'export_cli', 'launch_command', 'launch']
+           'ds_safe_globals', 'consolidated_state_dict', 'load_full_state', 'export_model', 'export_cli',
+           'launch_command', 'launch']
 
 # %% ../../nbs/31_deepspeed.ipynb #a74276f9
 def deepspeed_config(tc:TrainConfig, world:int) -> dict:
@@ -95,8 +96,17 @@ class DeepSpeedEngine:
     def unwrapped(self): return self.engine.module.model
     def save(self, d:Path): self.engine.save_checkpoint(str(d), tag='deepspeed', save_latest=False)
     def load(self, d:Path):
-        path, _ = self.engine.load_checkpoint(str(d), tag='deepspeed', load_optimizer_states=True, load_lr_scheduler_states=True)
+        with weights_only_loads(ds_safe_globals()):
+            path, _ = self.engine.load_checkpoint(str(d), tag='deepspeed', load_optimizer_states=True, load_lr_scheduler_states=True)
         if path is None: raise FileNotFoundError(f'{d}: no DeepSpeed checkpoint (tag "deepspeed") to resume from')
+
+# %% ../../nbs/31_deepspeed.ipynb #67a55c22
+def ds_safe_globals() -> list:
+    "The classes DeepSpeed checkpoints pickle besides tensors and plain data (allowed by `weights_only_loads`)."
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
 
 # %% ../../nbs/31_deepspeed.ipynb #4dfbda20
 def consolidated_state_dict(ckpt_dir) -> dict:
@@ -107,11 +117,11 @@ def consolidated_state_dict(ckpt_dir) -> dict:
     zero_files = list((ckpt_dir/tag).glob('*optim_states.pt'))
     if zero_files:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        with weights_only_loads(ds_safe_globals()): sd = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
     else:                      # ZeRO stage 0: the module state is complete in the model-states file
         states = sorted((ckpt_dir/tag).glob('mp_rank_*_model_states.pt'))
         if not states: raise FileNotFoundError(f'{ckpt_dir}/{tag}: no model states file')
-        sd = torch.load(states[0], map_location='cpu', weights_only=False)['module']   # written by our own run, not data
+        with weights_only_loads(ds_safe_globals()): sd = torch.load(states[0], map_location='cpu')['module']
     return {k.removeprefix('model.'): v.float() for k, v in sd.items()}
 
 def load_full_state(model, sd:dict):
@@ -148,8 +158,7 @@ def export_model(src, out, dtype:str | None = None) -> Path:
             load_model(model, str(src/'model.safetensors'))
         proc = AutoProcessor.from_pretrained(arch)
     else:
-        d = resolve_model_dir(src)
-        model = AutoModelForImageTextToText.from_pretrained(d, dtype=torch.float32); proc = AutoProcessor.from_pretrained(d)
+        model, proc = load_pretrained(src, dtype=torch.float32)      # a model folder, or LoRA adapters merged into their base
     if dtype: model = model.to(getattr(torch, dtype))
     return save_model(model, proc, out)
 

@@ -6,7 +6,7 @@ Docs: https://pangea-nb.github.io/pangea_nb/trainer.html.md"""
 
 # %% ../../nbs/30_trainer.ipynb #948e78aa
 from __future__ import annotations
-import json, math, os, random, shutil, time
+import contextlib, json, math, os, pickle, random, re, shutil, time
 from dataclasses import dataclass, asdict, field
 from functools import lru_cache
 from pathlib import Path
@@ -20,10 +20,12 @@ from ..model.collate import (SampleEncoder, collate, token_loss_sum, random_batc
                                      IGNORE_INDEX)
 
 # %% auto #0
-__all__ = ['RESUME_IRRELEVANT', 'stage_lrs', 'set_trainable', 'Schedule', 'MicroBatchPlan', 'empty_batch', 'MicroBatches',
-           'RankSampler', 'resolve_precision', 'TorchEngine', 'rng_state', 'set_rng_state', 'TrainerState',
-           'latest_checkpoint', 'prune_checkpoints', 'trim_jsonl', 'Trainer', 'world_size', 'make_engine', 'plot_loss',
-           'param_digest', 'make_reporters']
+__all__ = ['LORA_DEFAULTS', 'RESUME_IRRELEVANT', 'PEAK_FLOPS', 'stage_lrs', 'set_trainable', 'is_adapted', 'lora_targets',
+           'apply_peft', 'qlora_config', 'Schedule', 'MicroBatchPlan', 'empty_batch', 'MicroBatches', 'RankSampler',
+           'resolve_precision', 'TorchEngine', 'UnsafeCheckpoint', 'weights_only_loads', 'rng_state', 'set_rng_state',
+           'TrainerState', 'latest_checkpoint', 'prune_checkpoints', 'trim_jsonl', 'Trainer', 'world_size',
+           'make_engine', 'peak_flops', 'mfu', 'plot_loss', 'param_digest', 'save_adapter', 'make_reporters',
+           'read_train_logs', 'plot_curves']
 
 # %% ../../nbs/30_trainer.ipynb #590a13b0
 def stage_lrs(tc:TrainConfig) -> dict:
@@ -38,13 +40,49 @@ def set_trainable(model, tc:TrainConfig) -> list[dict]:
     lrs, groups = stage_lrs(tc), {}
     for name, p in model.named_parameters():
         comp = component_of(name)
-        p.requires_grad_(comp in lrs)
-        if comp not in lrs: continue
+        train = comp in lrs if tc.peft == 'none' else is_adapted(name)
+        p.requires_grad_(train)
+        if not train: continue
         decay = p.ndim >= 2 and tc.weight_decay > 0
-        g = groups.setdefault((comp, decay), {'params': [], 'names': [], 'lr': lrs[comp], 'name': comp + ('' if decay else '/no_decay'),
+        g = groups.setdefault((comp, decay), {'params': [], 'names': [], 'lr': lrs.get(comp, tc.lr), 'name': comp + ('' if decay else '/no_decay'),
                                               'weight_decay': tc.weight_decay if decay else 0.0})
         g['params'].append(p); g['names'].append(name)
     return list(groups.values())
+
+# %% ../../nbs/30_trainer.ipynb #6eb148ac
+LORA_DEFAULTS = dict(r=16, alpha=32, dropout=0.05, vision=False,
+                     target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj', 'out_proj', 'fc1', 'fc2'])
+
+def is_adapted(name:str) -> bool:
+    "A parameter a LoRA run trains: an adapter matrix, or the projector's trained copy."
+    return 'lora_' in name or ('multi_modal_projector' in name and 'modules_to_save' in name)
+
+def lora_targets(model, lora:dict) -> list[str]:
+    "Full names of the linear layers that get adapters: the LM's (and the vision tower's with `vision`) matching `target_modules`."
+    comps = ('lm', 'vision') if lora['vision'] else ('lm',)
+    return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.rsplit('.', 1)[-1] in lora['target_modules']
+            and n != 'lm_head' and component_of(n + '.weight') in comps]
+
+def apply_peft(model, tc:TrainConfig):
+    "`model` with LoRA adapters for `tc.peft` (unchanged for 'none'); the projector is trained and saved in full."
+    if tc.peft == 'none' or hasattr(model, 'peft_config'): return model
+    from peft import LoraConfig, get_peft_model
+    lc = {**LORA_DEFAULTS, **tc.lora}
+    targets = lora_targets(model, lc)
+    if not targets: raise ValueError(f"train.lora.target_modules: none of {lc['target_modules']} is a linear layer of the model")
+    return get_peft_model(model, LoraConfig(r=lc['r'], lora_alpha=lc['alpha'], lora_dropout=lc['dropout'],
+                                            target_modules=targets, modules_to_save=['multi_modal_projector']))
+
+# %% ../../nbs/30_trainer.ipynb #5cdc1520
+def qlora_config(tc:TrainConfig, check:bool = True) -> dict:
+    "The 4-bit load QLoRA uses (a dry run with `check=False`); with `check`, a clear error unless CUDA and bitsandbytes are there."
+    import importlib.util
+    if check and not torch.cuda.is_available():
+        raise ValueError('train.peft: qlora needs a CUDA GPU (4-bit bitsandbytes kernels); use peft: lora on this machine')
+    if check and importlib.util.find_spec('bitsandbytes') is None:
+        raise ValueError('train.peft: qlora needs the bitsandbytes package (pip install bitsandbytes) on the GPU machine')
+    return dict(load_in_4bit=True, bnb_4bit_quant_type='nf4', bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype='bfloat16',
+                llm_int8_skip_modules=['vision_tower', 'multi_modal_projector', 'lm_head'])   # only the LM is quantised
 
 # %% ../../nbs/30_trainer.ipynb #41cc8f40
 class Schedule:
@@ -159,12 +197,32 @@ def _save(self:TorchEngine, d:Path):
 def _load(self:TorchEngine, d:Path):
     from safetensors.torch import load_model
     load_model(self.model, str(d/'model.safetensors'), device=str(self.device))
-    st = torch.load(d/'optimizer.pt', weights_only=True, map_location=self.device)
+    with weights_only_loads(): st = torch.load(d/'optimizer.pt', map_location=self.device)
     self.opt.load_state_dict(st['optimizer']); self.sched.load_state_dict(st['scheduler'])
     if self.scaler and st['scaler']: self.scaler.load_state_dict(st['scaler'])
 
 def _unwrapped(self:TorchEngine): return self.model
 TorchEngine.save, TorchEngine.load, TorchEngine.unwrapped = _save, _load, _unwrapped
+
+# %% ../../nbs/30_trainer.ipynb #eebdfb19
+class UnsafeCheckpoint(ValueError):
+    "A checkpoint file holds pickled objects beyond tensors and plain data: refused, never unpickled."
+
+@contextlib.contextmanager
+def weights_only_loads(allow:list = ()):
+    "Inside: every `torch.load` (DeepSpeed's included) unpickles tensors and plain data only, plus the `allow`ed classes."
+    plain = torch.load
+    def load(f, *args, **kw):
+        kw['weights_only'] = True                      # overrides a caller's weights_only=False
+        try: return plain(f, *args, **kw)
+        except pickle.UnpicklingError as e:
+            g = re.search(r'Unsupported global: GLOBAL (\S+)', str(e))
+            what = f'the global {g.group(1)}' if g else str(e).splitlines()[0]
+            raise UnsafeCheckpoint(f'{f}: refused to unpickle: it holds {what}, not only tensors and plain data') from None
+    torch.load = load
+    try:
+        with torch.serialization.safe_globals(list(allow)): yield
+    finally: torch.load = plain
 
 # %% ../../nbs/30_trainer.ipynb #f92392b7
 def rng_state() -> dict:
@@ -230,6 +288,7 @@ def _all_sum(values:list[float], world:int) -> list[float]:
 class Trainer:
     "Train one stage of `cfg` on `samples` into `out_dir` (resuming from its latest checkpoint)."
     def __init__(self, cfg:RunConfig, model, processor, samples:list, images=None, eval_samples=None, out_dir=None, engine=None):
+        model = apply_peft(model, cfg.train)                  # LoRA adapters (train.peft); unchanged otherwise
         self.cfg, self.tc, self.model, self.proc = cfg, cfg.train, model, processor
         self.out = Path(out_dir or cfg.out_path)
         self.samples, self.eval_samples = samples, eval_samples or []
@@ -261,6 +320,32 @@ def make_engine(model, groups, tc:TrainConfig, total_steps:int):
         return DeepSpeedEngine(model, groups, tc, total_steps)
     if torch.cuda.is_available(): model.cuda()
     return TorchEngine(model, groups, tc, total_steps)
+
+# %% ../../nbs/30_trainer.ipynb #e73a4075
+PEAK_FLOPS = {'H200': 989e12, 'H100': 989e12, 'A100': 312e12, 'L40S': 362e12, 'A10G': 125e12, 'L4': 121e12, 'cpu': 1e12}
+
+def peak_flops(tc:TrainConfig, device=None) -> float:
+    "Peak FLOP/s of one process: `tc.peak_flops`, the GPU's dense bf16 entry in `PEAK_FLOPS`, or the nominal CPU figure."
+    if tc.peak_flops: return tc.peak_flops
+    dev = torch.device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    if dev.type != 'cuda': return PEAK_FLOPS['cpu']
+    name = torch.cuda.get_device_name(dev)
+    hit = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+    if hit is None: raise ValueError(f'train.peak_flops: no peak known for GPU {name!r}; set train.peak_flops (FLOP/s per GPU)')
+    return hit
+
+def mfu(tokens_per_s:float, flops_per_token:float, peak:float) -> float:
+    "Model FLOPs utilisation: achieved FLOP/s over the peak of all processes."
+    return tokens_per_s * flops_per_token / peak
+
+def _flops_per_token(self:Trainer) -> float:
+    "6 x the LM's parameters (counted once; ZeRO-3 shards by their full size), computed once."
+    if getattr(self, '_fpt', None) is None:
+        ps = {id(p): p for n, p in self.engine.unwrapped().named_parameters() if component_of(n) == 'lm'}
+        self._fpt = 6 * sum(getattr(p, 'ds_numel', p.numel()) for p in ps.values())
+    return self._fpt
+def _peak(self:Trainer) -> float: return peak_flops(self.tc, getattr(self.engine, 'device', None))
+Trainer.flops_per_token, Trainer.peak_flops = property(_flops_per_token), property(_peak)
 
 # %% ../../nbs/30_trainer.ipynb #ec71138d
 def _to(batch, device):
@@ -303,7 +388,10 @@ def _save_checkpoint(self:Trainer) -> Path:
 
 def _resume(self:Trainer) -> Path | None:
     ck = latest_checkpoint(self.out)
-    if ck is None: return None
+    if ck is None:                  # a killed attempt without a checkpoint: every step it logged is redone from step 1
+        if self.rank == 0:
+            for f in ('train_log.jsonl', 'rejects.jsonl'): trim_jsonl(self.out/f, 0)
+        return None
     st = json.loads((ck/'trainer_state.json').read_text())
     if st['world_size'] != self.world:
         raise ValueError(f'{ck}: written with {st["world_size"]} processes, this run has {self.world}; resume with the same count')
@@ -354,12 +442,13 @@ def _fit(self:Trainer, progress:bool = True) -> Path:
         self.out.mkdir(parents=True, exist_ok=True); self.cfg.save(self.out/'config.yaml')
         write_manifest(self.out, self.cfg, self.cfg.seed, stage=self.tc.stage, world_size=self.world, n_samples=len(self.samples))
         self.model.config.save_pretrained(self.out/'arch'); self.proc.save_pretrained(self.out/'arch')   # for exporting checkpoints
-    self.reporters = make_reporters(self.tc, self.out) if self.rank == 0 else []
-    self.resume()
+    self.resume()                                      # first: the trackers drop what a killed attempt logged past it
+    self.reporters = make_reporters(self.tc, self.out, self.state.step) if self.rank == 0 else []
     loader = iter(torch.utils.data.DataLoader(
         MicroBatches(self.samples, self.enc, self.plan, self.tc.packing, self.tc.bad_samples, self.tc.cache_encoded), batch_size=None,
         sampler=RankSampler(self.state.micro_batches, self.world, self.rank), num_workers=self.tc.num_workers,
-        collate_fn=lambda b: b, persistent_workers=False))
+        collate_fn=lambda b: b, persistent_workers=False,
+        generator=torch.Generator().manual_seed(0)))   # its base seed from its own generator: the global RNG (dropout) is untouched
     total, A = self.state.total_steps, self.tc.grad_accum
     bar = tqdm(total=total, initial=self.state.step, desc=f'stage {self.tc.stage}', disable=not progress or self.rank > 0)
     window, t_win = [], time.perf_counter()
@@ -387,7 +476,7 @@ def _log_row(self:Trainer, st:dict, window:list[dict], dt:float) -> dict:
             'lr': self.engine.lrs(), 'grad_norm': st['grad_norm'], 'targets': st['targets'],
             'tokens_per_s': tok / dt, 'samples_per_s': sum(w['samples'] for w in window) / dt,
             'padding': 1 - tok / slots if slots else 0.0, 'skipped': self.state.skipped, 'truncated': self.state.truncated,
-            'elapsed': round(self.state.elapsed, 3)}
+            'mfu': mfu(tok / dt, self.flops_per_token, self.peak_flops * self.world), 'elapsed': round(self.state.elapsed, 3)}
 
 def _write_rejects(self:Trainer, micro):
     rows = [{**r, 'step': self.state.step + 1, 'rank': self.rank} for b in micro for r in b['rejects']]
@@ -425,8 +514,10 @@ def _finish(self:Trainer) -> Path:
     if self.world > 1 and digests:
         got = [None] * self.world; torch.distributed.all_gather_object(got, digests[0]); digests = got
     final = self.out/'checkpoints'/'final'
-    model = self.engine.full_model(final) if hasattr(self.engine, 'full_model') else self.engine.unwrapped()
+    peft = self.tc.peft != 'none'
+    model = self.engine.full_model(final) if hasattr(self.engine, 'full_model') and not peft else self.engine.unwrapped()
     if self.rank == 0:
+        if peft: model = save_adapter(model, self.proc, self.out/'adapter', self.tc.init_from).merge_and_unload()
         d = save_model(model, self.proc, self.out/'model', self.cfg.model)
         rows = read_jsonl(self.out/'train_log.jsonl')
         if rows: save_fig(plot_loss(rows).figure, 'loss', out_dir=self.out/'figures')
@@ -436,22 +527,59 @@ def _finish(self:Trainer) -> Path:
 
 Trainer.finish = _finish
 
+# %% ../../nbs/30_trainer.ipynb #017e37ee
+def save_adapter(model, processor, out:Path, base) -> 'PeftModel':
+    "Write a LoRA model's adapters and trained projector (safetensors), the processor, and the base they adapt."
+    if not base: raise ValueError('train.peft: a LoRA run needs train.init_from (the model its adapters adapt)')
+    model.save_pretrained(out, safe_serialization=True)
+    processor.save_pretrained(out)
+    atomic_write_json(out/'pangea_adapter.json', {'base': str(Path(base).expanduser().resolve())})
+    return model
+
 # %% ../../nbs/30_trainer.ipynb #9886553f
-def make_reporters(tc:TrainConfig, out:Path) -> list:
-    "Callables that receive every log row, for the backends in `tc.report_to`."
+def _scalars(row:dict) -> dict:
+    "The numbers of a log row as `phase/key` (dicts such as `lr` per group as `phase/key/group`)."
+    out = {}
+    for k, v in row.items():
+        if k == 'step' or isinstance(v, bool): continue
+        if isinstance(v, (int, float)): out[f'{row["phase"]}/{k}'] = v
+        elif isinstance(v, dict): out.update({f'{row["phase"]}/{k}/{g}': x for g, x in v.items() if isinstance(x, (int, float))})
+    return out
+
+def make_reporters(tc:TrainConfig, out:Path, start_step:int = 0) -> list:
+    "Callables that receive every log row, for the backends in `tc.report_to`; TensorBoard writes `out/tb/`."
     reps = []
     if 'tensorboard' in tc.report_to:
         try: from torch.utils.tensorboard import SummaryWriter
         except ImportError: raise ImportError("report_to: ['tensorboard'] needs the tensorboard package (pip install tensorboard)") from None
-        w = SummaryWriter(str(out/'tensorboard'))
+        w = SummaryWriter(str(out/'tb'), purge_step=start_step + 1)   # a resumed run hides the killed attempt's later events
         def tb(row):
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != 'step': w.add_scalar(f'{row["phase"]}/{k}', v, row['step'])
+            for k, v in _scalars(row).items(): w.add_scalar(k, v, row['step'])
             w.flush()
         reps.append(tb)
     if 'wandb' in tc.report_to:
         try: import wandb
         except ImportError: raise ImportError("report_to: ['wandb'] needs the wandb package (pip install wandb)") from None
         run = wandb.init(dir=str(out), config=tc.to_dict(), resume='allow')
-        reps.append(lambda row: run.log({f'{row["phase"]}/{k}': v for k, v in row.items() if isinstance(v, (int, float))}, step=row['step']))
+        reps.append(lambda row: run.log(_scalars(row), step=row['step']))
     return reps
+
+# %% ../../nbs/30_trainer.ipynb #1d89a82f
+def read_train_logs(root) -> 'pd.DataFrame':
+    "Every `train_log.jsonl` under `root` as one table with `run` (folder relative to `root`) and the row's fields."
+    import pandas as pd
+    root, rows = Path(root), []
+    for f in sorted(root.rglob('train_log.jsonl')):
+        run = f.parent.relative_to(root).as_posix()
+        rows += [{'run': run, **r} for r in read_jsonl(f)]
+    return pd.DataFrame(rows)
+
+def plot_curves(df, metric:str = 'loss', phase:str = 'train', ax=None):
+    "One line of `metric` against step per run of a `read_train_logs` table."
+    if ax is None: _, ax = new_figure(figsize=(6, 3.5))
+    d = df[(df.phase == phase) & df[metric].notna()] if metric in df else df.iloc[:0]
+    if d.empty: raise ValueError(f'no {phase} rows with {metric!r} in these logs (columns: {sorted(df.columns)})')
+    for run, g in d.groupby('run'): ax.plot(g.step, g[metric], label=run)
+    ax.set_xlabel('optimizer step'); ax.set_ylabel(metric); ax.set_title(f'{phase} {metric}')
+    if d.run.nunique() <= 12: ax.legend(fontsize=7)
+    return ax

@@ -20,8 +20,8 @@ from .loop import Trainer, plot_loss
 # %% auto #0
 __all__ = ['STAGE_FAMILIES', 'PROOF_LANGS', 'world_config', 'synth_samples', 'SynthImages', 'stage0_samples', 'PoolImages',
            'stage_data', 'read_pool_samples', 'write_data_rejects', 'prepare_model', 'run_stage', 'save_backbone',
-           'run_stages', 'generate_answers', 'answer_baselines', 'synth_scores', 'proof_config', 'train_cli',
-           'proof_cli']
+           'qlora_model', 'run_stages', 'generate_answers', 'answer_baselines', 'synth_scores', 'proof_config',
+           'train_cli', 'proof_cli']
 
 # %% ../../nbs/32_stages.ipynb #9c384229
 STAGE_FAMILIES = {1: {'caption': 1}}        # stage 1 = alignment on captions; stage 2 = data.synth_families or the world's mix
@@ -153,6 +153,7 @@ def _rank() -> int: return int(os.environ.get('RANK', '0'))
 
 def prepare_model(cfg:RunConfig):
     "(model, processor) a stage starts from: `train.init_from` or a fresh model from the config."
+    if cfg.train.peft == 'qlora': return qlora_model(cfg)
     if cfg.train.init_from:
         model, proc = load_pretrained(cfg.train.init_from, dtype=cfg.model.dtype)
         model.config.use_cache = False
@@ -177,11 +178,26 @@ def run_stage(cfg:RunConfig, out:Path, progress:bool = True) -> Path:
 def save_backbone(model_dir:Path, out:Path) -> Path:
     "The language model of a saved LLaVA folder as a standalone causal-LM folder (with the tokenizer)."
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoTokenizer
-    m = AutoModelForImageTextToText.from_pretrained(model_dir)
+    m = AutoModelForImageTextToText.from_pretrained(model_dir, use_safetensors=True)
     lm = AutoModelForCausalLM.from_config(m.config.text_config)
     lm.model.load_state_dict(m.model.language_model.state_dict()); lm.lm_head.load_state_dict(m.lm_head.state_dict())
     lm.save_pretrained(out); AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
     return out
+
+# %% ../../nbs/32_stages.ipynb #b27ec182
+def qlora_model(cfg:RunConfig):
+    "(model, processor) for QLoRA: the `init_from` model with its LM loaded in 4-bit NF4 (CUDA + bitsandbytes, else a clear error)."
+    from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+    from peft import prepare_model_for_kbit_training
+    from pangea_nb.train.loop import qlora_config
+    q = qlora_config(cfg.train)                                  # raises on a machine without CUDA / bitsandbytes
+    if not cfg.train.init_from: raise ValueError('train.peft: qlora needs train.init_from (the model to quantise and adapt)')
+    d = resolve_model_dir(cfg.train.init_from)
+    model = AutoModelForImageTextToText.from_pretrained(d, quantization_config=BitsAndBytesConfig(**q), dtype=torch.bfloat16,
+                                                        use_safetensors=True, device_map={'': torch.cuda.current_device()})
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.grad_checkpointing)
+    model.config.use_cache = False
+    return model, AutoProcessor.from_pretrained(d)
 
 # %% ../../nbs/32_stages.ipynb #e5575732
 def run_stages(cfg:RunConfig, out=None, progress:bool = True) -> Path:
