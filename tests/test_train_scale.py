@@ -144,7 +144,7 @@ def test_lora_run_learns_resumes_exactly_and_its_adapters_load(tmp_path, tiny_ch
     assert max((a - b).abs().max().item() for a, b in zip(exported.parameters(), merged.parameters())) == 0
     # pangea eval / predict (load_predictor): the adapter folder answers as the merged model does, and so does the
     # unmerged PeftModel; the adapted model answers differently from its base (the adapters changed something)
-    from pangea_nb.eval.infer import Predictor, load_predictor
+    from pangea_nb.model.infer import Predictor, load_predictor
     from pangea_nb.train.stages import SynthImages
     test, _ = stage_data(cfg, 'test', 8)
     ask = lambda p: p.generate([s.turns[0].text for s in test], [[SynthImages()(s, 0)] for s in test], max_new_tokens=8)
