@@ -83,19 +83,19 @@ mem = Path(out/'gpu_mem.csv')
 peak = max((int(l) for l in mem.read_text().split() if l.strip().isdigit()), default=None) if mem.exists() else None
 print(f"peak GPU memory used (nvidia-smi, whole device, sampled every 0.5 s; includes the CUDA context and PyTorch's cache): "
       f"{f'{peak} MiB' if peak is not None else 'n/a (no nvidia-smi / CPU dry run)'}")
-for run in sorted((out/'runs').iterdir()):
+for run in sorted(r for r in (out/'runs').iterdir() if (r/'params.json').exists()):
     logs = sorted(run.rglob('train_log.jsonl'))
     if not logs: print(f'{run.name}: no train_log.jsonl (the run failed: see {run}/run.ipynb)'); continue
-    rows = [json.loads(l) for l in logs[-1].read_text().splitlines() if l.strip()]
-    cfgs = sorted(run.rglob('config.yaml')) or sorted(run.rglob('run_config.yaml'))
+    rows = [r for r in (json.loads(l) for l in logs[-1].read_text().splitlines() if l.strip()) if r.get('phase', 'train') == 'train']
     med = lambda k: statistics.median(r[k] for r in rows if r.get(k) is not None)
     p = json.loads((run/'params.json').read_text())['params']
     mc = RunConfig.preset('tiny').model.replace(**p['OVERRIDES']['model'])
-    tokens = int(med('tokens_per_s') * 0 + batch * 512)   # a packed row of `batch` samples of <= 512 tokens (upper bound)
+    tokens = batch * 512                   # a packed row of `batch` samples of <= 512 tokens: an upper bound
     info = model_info(mc, n_gpus=1, stage=2, precision=prec, tokens=tokens)
     res = sorted(run.rglob('*.results.json')) + sorted(run.rglob('metrics*.json'))
-    print(f"{run.name}: {info['params']['total'] / 1e9:.2f}B parameters; {len(rows)} log rows; tokens/s {med('tokens_per_s'):,.0f}; "
+    zs = json.loads((run/'config.json').read_text()).get('train', {}).get('zero_stage') if (run/'config.json').exists() else None
+    print(f"{run.name}: ZeRO-{zs},  {info['params']['total'] / 1e6:,.1f}M parameters; {len(rows)} log rows; tokens/s {med('tokens_per_s'):,.0f}; "
           f"MFU {med('mfu'):.1%}; padding {med('padding'):.2%}; loss {rows[0]['loss']:.3f} -> {rows[-1]['loss']:.3f}; "
-          f"model info predicts {info['zero_memory'][2]['gpu_bytes'] / 2**30:.2f} GiB model states at ZeRO-2 on 1 GPU, "
-          f"{info['train_memory']['total'] / 2**30:.2f} GiB for a ZeRO-0 step of {tokens} tokens; evaluation files: {[r.name for r in res][:3]}")
+          f"model info predicts {info['zero_memory'][2]['gpu_bytes'] / 2**20:,.0f} MiB model states at ZeRO-2 on 1 GPU, "
+          f"{info['train_memory']['total'] / 2**20:,.0f} MiB for a ZeRO-0 step of {tokens} tokens; evaluation files: {[r.name for r in res][:3]}")
 PY
