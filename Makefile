@@ -21,7 +21,7 @@ export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install fonts demo sensitivity test check-nbs nbtest pytest export clean-nbs lock bench
+.PHONY: help install fonts demo sensitivity test check-nbs nbtest pytest export clean-nbs lock bench gpu-bundle
 
 help:
 	@echo "make demo   - set up .venv and run the main job"
@@ -29,6 +29,7 @@ help:
 	@echo "make sensitivity - the demo's sweep over its assumptions (backbone English share, translation errors)"
 	@echo "make export - regenerate pangea_nb/ from nbs/ and clean the notebooks"
 	@echo "make bench  - run the performance benchmarks in bench/"
+	@echo "make gpu-bundle PY=3.12 - wheels + DeepSpeed source + this project for bench/gpu_check.sh on an offline GPU machine (dist/gpu-bundle, < 64 MiB)"
 	@echo "make lock   - re-resolve requirements.in into requirements.lock"
 
 install: $(STAMP) fonts
@@ -89,7 +90,28 @@ export: $(STAMP)
 	$(BIN)/nbdev-clean
 
 bench: $(STAMP)
-	@shopt -s nullglob; for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f; done
+	@shopt -s nullglob; for f in bench/[!_]*.py; do echo "== $$f"; $(BIN)/python $$f; done
+
+# bench/gpu_check.sh's luggage: what the GPU machine (own torch / transformers / peft, no package index) lacks, as
+# wheels for Python $(PY) at the lock's versions (bench/gpu_bundle.txt), DeepSpeed's source, a wheel of this project.
+# Downloads and builds only: nothing is installed into .venv.
+PY ?= 3.12
+BUNDLE := dist/gpu-bundle
+gpu-bundle:
+	rm -rf $(BUNDLE) && mkdir -p $(BUNDLE)/wheels
+	pins=$$(for p in $$(grep -v '^#' bench/gpu_bundle.txt); do grep -i -m1 "^$$(echo $$p | sed 's/[-_]/[-_]/g')==" requirements.lock; done); \
+	  $(BIN)/python -m pip download -q --no-deps --only-binary=:all: --python-version $(PY) --implementation cp \
+	    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any \
+	    -d $(BUNDLE)/wheels $$pins 2>&1 | grep -v "$(PIP_NOISE)" || true
+	$(BIN)/python -m pip download -q --no-deps --no-binary=:all: --no-build-isolation -d $(BUNDLE)/wheels \
+	  $$(grep -e '^deepspeed==' -e '^langid==' requirements.lock) 2>&1 | grep -v "$(PIP_NOISE)" || true
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(BUNDLE)/wheels . 2>&1 | grep -v "$(PIP_NOISE)" || true
+	cp bench/gpu_check.sh $(BUNDLE)/
+	@want=$$(grep -vc '^#' bench/gpu_bundle.txt); got=$$(ls $(BUNDLE)/wheels | grep -vc -e '^deepspeed' -e '^pangea_nb' -e '^langid'); \
+	  size=$$(du -sm $(BUNDLE) | cut -f1); echo "gpu-bundle: $$got of $$want wheels + DeepSpeed source + pangea_nb wheel, $$size MiB in $(BUNDLE) (Python $(PY))"; \
+	  test $$got -eq $$want || { echo "gpu-bundle: missing wheels for: $$(for p in $$(grep -v '^#' bench/gpu_bundle.txt); do ls $(BUNDLE)/wheels | tr 'A-Z-' 'a-z_' | grep -q "^$$(echo $$p | tr 'A-Z-' 'a-z_')-" || echo -n "$$p "; done)"; exit 1; }; \
+	  ls $(BUNDLE)/wheels | grep -q '^deepspeed-' && ls $(BUNDLE)/wheels | grep -q '^pangea_nb-' || { echo "gpu-bundle: DeepSpeed source or the project wheel is missing"; exit 1; }; \
+	  test $$size -lt 64 || { echo "gpu-bundle: $$size MiB is over the 64 MiB a device run carries"; exit 1; }
 
 lock:
 	rm -rf /tmp/pangea-lock-venv && $(PYTHON) -m venv /tmp/pangea-lock-venv

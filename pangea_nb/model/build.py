@@ -16,8 +16,9 @@ from .tokenizer import prepare_tokenizer, load_tokenizer, IMAGE_TOKEN
 # %% auto #0
 __all__ = ['COMPONENT_PREFIXES', 'STAGE_TRAINABLE', 'text_config', 'vision_config', 'llava_config', 'init_projector',
            'LinearProjector', 'resolve_attn_implementation', 'build_model', 'image_feature_spread', 'build_processor',
-           'n_image_tokens', 'component_of', 'param_counts', 'zero_memory', 'model_info', 'build_model_meta',
-           'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained', 'model_tokenizer', 'load_adapter']
+           'n_image_tokens', 'component_of', 'param_counts', 'zero_memory', 'lm_activation_bytes', 'train_memory',
+           'model_info', 'build_model_meta', 'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained',
+           'model_tokenizer', 'load_adapter']
 
 # %% ../../nbs/21_model.ipynb #53b63977
 def _local(p) -> bool: return p is not None and Path(p).expanduser().is_dir()
@@ -186,6 +187,29 @@ def zero_memory(total:int, trainable:int, stage:int, n_gpus:int = 1, offload:boo
     cpu = 18 * trainable if offload else 0
     return {'gpu_bytes': int(gpu), 'cpu_bytes': int(cpu)}
 
+# %% ../../nbs/21_model.ipynb #a17b0002
+def lm_activation_bytes(cfg:ModelConfig, tokens:int, targets:int, precision:str = 'bf16', grad_checkpointing:bool = False,
+                        vocab:int | None = None) -> int:
+    "Estimated bytes of saved activations of one micro-batch of `tokens` LM tokens, `targets` of them labelled."
+    t = text_config(cfg, 0) if cfg.lm is not None and _local(cfg.lm) else None
+    h = t.hidden_size if t else cfg.hidden_size
+    L = t.num_hidden_layers if t else cfg.n_layers
+    i = t.intermediate_size if t else cfg.intermediate_size
+    heads = t.num_attention_heads if t else cfg.n_heads
+    kvh = (t.num_key_value_heads if t else cfg.n_kv_heads) or heads
+    kv = h // heads * kvh
+    V = vocab or (t.vocab_size if t else cfg.vocab_size + 4)
+    b = 4 if precision == 'fp32' else 2
+    per_layer = 7 * h + 2 * kv + 4 * i                     # elements per token, see above
+    layers = (L * h + per_layer) if grad_checkpointing else L * per_layer
+    return int(b * tokens * (layers + 2 * h) + 4 * 3 * targets * V)
+
+def train_memory(total:int, trainable:int, precision:str = 'bf16', activations:int = 0) -> dict:
+    "Bytes of one process's training step at ZeRO-0: model states for `precision` (fp32: 4 + 12 per trainable), plus `activations`."
+    states = (4 * total + 12 * trainable) if precision == 'fp32' else zero_memory(total, trainable, 0)['gpu_bytes']
+    return {'states': int(states), 'activations': int(activations), 'total': int(states + activations), 'precision': precision}
+
+
 # %% ../../nbs/21_model.ipynb #03cf67e8
 STAGE_TRAINABLE = {0: ('lm',), 1: ('projector',), 2: ('projector', 'lm')}   # stage 2 may add 'vision' (vision_lr)
 
@@ -193,8 +217,9 @@ def _meta_config(cfg:ModelConfig) -> ModelConfig:
     "A copy of `cfg` whose pretrained parts that are not on local disk are replaced by their preset sizes."
     return cfg.replace(lm=cfg.lm if _local(cfg.lm) else None, vision=cfg.vision if _local(cfg.vision) else None)
 
-def model_info(cfg:ModelConfig | str, n_gpus:int = 8, stage:int = 2, train_vision:bool = False, offload:bool = False) -> dict:
-    "Parameters per component and model-state memory per ZeRO stage, computed on the meta device."
+def model_info(cfg:ModelConfig | str, n_gpus:int = 8, stage:int = 2, train_vision:bool = False, offload:bool = False,
+               precision:str = 'bf16', tokens:int = 0, targets:int | None = None, grad_checkpointing:bool = False, batch:int = 1) -> dict:
+    "Parameters per component, model-state memory per ZeRO stage and one ZeRO-0 step's memory (`tokens` per micro-batch), on the meta device."
     cfg = ModelConfig.preset(cfg) if isinstance(cfg, str) else cfg
     mc = _meta_config(cfg)
     with torch.device('meta'): model = build_model_meta(mc)
@@ -203,8 +228,11 @@ def model_info(cfg:ModelConfig | str, n_gpus:int = 8, stage:int = 2, train_visio
     trainable = sum(counts[c] for c in comps)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
     mem = {z: zero_memory(counts['total'], trainable, z, n_gpus, offload and z >= 2, largest) for z in range(4)}
+    vocab = model.get_output_embeddings().weight.shape[0]
+    act = lm_activation_bytes(mc, tokens, tokens if targets is None else targets, precision, grad_checkpointing, vocab) if tokens else 0
     return {'params': counts, 'trainable': trainable, 'stage': stage, 'n_gpus': n_gpus, 'offload': offload,
             'arch': cfg.arch, 'n_image_tokens': cfg.n_image_tokens, 'zero_memory': mem,
+            'train_memory': {**train_memory(counts['total'], trainable, precision, act), 'tokens': tokens},
             'sizes_from': {'lm': 'local config' if mc.lm else 'preset sizes', 'vision': 'local config' if mc.vision else 'preset sizes'}}
 
 def build_model_meta(cfg:ModelConfig):
@@ -225,6 +253,9 @@ def model_info_cli(name:str,                 # a ModelConfig preset (tiny, small
                    stage:int = 2,            # training stage: 0 LM, 1 projector, 2 projector + LM
                    train_vision:bool = False,  # stage 2 also trains the vision tower (Pangea: vision_lr 2e-6)
                    offload:bool = False,     # ZeRO-Offload of optimizer states (and parameters at ZeRO-3) to CPU
+                   tokens:int = 0,           # tokens per micro-batch: also print one ZeRO-0 step's memory (states + activations)
+                   precision:str = 'bf16',   # bf16 (mixed precision, DeepSpeed's accounting) or fp32 (CPU)
+                   grad_checkpointing:bool = False,  # activations with gradient checkpointing
                    json:bool = False):       # print JSON
     "Parameter count per component and model-state memory per GPU under ZeRO 0-3, without allocating weights."
     import json as _json
@@ -233,7 +264,8 @@ def model_info_cli(name:str,                 # a ModelConfig preset (tiny, small
         try: cfg = ModelConfig.load(name)
         except ConfigError: cfg = RunConfig.load(name).model
     else: cfg = ModelConfig.preset(name)
-    info = model_info(cfg, n_gpus=n_gpus, stage=stage, train_vision=train_vision, offload=offload)
+    info = model_info(cfg, n_gpus=n_gpus, stage=stage, train_vision=train_vision, offload=offload, precision=precision,
+                      tokens=tokens, grad_checkpointing=grad_checkpointing)
     if json: print(_json.dumps(info, indent=2)); return info
     p = info['params']
     print(f"{name}: {cfg.arch}, {p['total']:,} parameters (vision {p['vision']:,}, projector {p['projector']:,}, lm {p['lm']:,}); "
@@ -242,6 +274,10 @@ def model_info_cli(name:str,                 # a ModelConfig preset (tiny, small
           f"{' (optimizer offloaded at ZeRO 2-3)' if offload else ''}, activations not included:")
     for z, m in info['zero_memory'].items():
         print(f"  ZeRO-{z}: {_size(m['gpu_bytes']):>10} per GPU" + (f", {_size(m['cpu_bytes'])} CPU" if m['cpu_bytes'] else ''))
+    if tokens:
+        tm = info['train_memory']
+        print(f"one ZeRO-0 training step, {precision}, {tokens:,} tokens per micro-batch (all labelled){', gradient checkpointing' if grad_checkpointing else ''}: "
+              f"{_size(tm['total'])} (model states {_size(tm['states'])} + activations {_size(tm['activations'])}; measured against real steps in bench/train_memory.py)")
     return info
 
 def _size(b:int) -> str:
