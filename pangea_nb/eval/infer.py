@@ -14,7 +14,7 @@ from typing import Sequence
 import torch
 from ..contracts import append_jsonl, read_jsonl, atomic_write_json
 from .tasks import Task, EvalItem
-from ..model.infer import Predictor
+from ..model.infer import Predictor, load_images
 
 # %% auto #0
 __all__ = ['run_meta', 'check_resume', 'drop_torn_tail', 'run_task']

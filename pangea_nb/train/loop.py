@@ -22,8 +22,8 @@ from ..model.collate import (SampleEncoder, collate, token_loss_sum, random_batc
 # %% auto #0
 __all__ = ['RESUME_IRRELEVANT', 'stage_lrs', 'set_trainable', 'Schedule', 'MicroBatchPlan', 'empty_batch', 'MicroBatches',
            'RankSampler', 'resolve_precision', 'TorchEngine', 'rng_state', 'set_rng_state', 'TrainerState',
-           'latest_checkpoint', 'prune_checkpoints', 'trim_jsonl', 'Trainer', 'world_size', 'make_engine', 'plot_loss',
-           'param_digest', 'make_reporters']
+           'latest_checkpoint', 'prune_checkpoints', 'trim_jsonl', 'Trainer', 'world_size', 'make_engine',
+           'NonFiniteLoss', 'check_finite_loss', 'plot_loss', 'param_digest', 'make_reporters']
 
 # %% ../../nbs/30_trainer.ipynb #590a13b0
 def stage_lrs(tc:TrainConfig) -> dict:
@@ -341,6 +341,16 @@ def _evaluate(self:Trainer) -> dict:
 
 Trainer.evaluate = _evaluate
 
+# %% ../../nbs/30_trainer.ipynb #7d3c8c3b
+class NonFiniteLoss(RuntimeError):
+    "Training diverged: the loss is NaN or infinite."
+
+def check_finite_loss(st:dict, step:int, stage:int):
+    "Raise `NonFiniteLoss` when an optimizer step's loss is not finite (nothing of that step is saved)."
+    if not math.isfinite(st['loss']):
+        raise NonFiniteLoss(f"stage {stage}: loss is {st['loss']} at optimizer step {step}; stopped before saving "
+                            "(lower train.lr, or look at the data of that step)")
+
 # %% ../../nbs/30_trainer.ipynb #9119a11d
 def _log(self:Trainer, row:dict):
     if self.rank: return
@@ -368,6 +378,7 @@ def _fit(self:Trainer, progress:bool = True) -> Path:
         micro = [next(loader) for _ in range(A)]                                   # phase 1: micro-batches
         self.maybe_write_rejects(micro)
         st = self.train_step(micro)                                                 # phase 2: step
+        check_finite_loss(st, self.state.step + 1, self.tc.stage)
         s = self.state
         s.step += 1; s.micro_batches += A * self.world; s.epoch = micro[-1]['epoch']; s.elapsed += time.perf_counter() - t0
         for k in ('tokens', 'slots', 'targets', 'samples', 'skipped', 'truncated'): setattr(s, k, getattr(s, k) + st[k])
