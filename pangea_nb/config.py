@@ -546,6 +546,16 @@ RunConfig.PRESETS = {
                        stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000, 'pretrain.english_ratio': 0.5},
                                {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000},
                                {'train.stage': 2, 'train.lr': 3e-3, 'train.max_steps': 2000}]),
+    # one run of the sweep template (nbs/sweeps/run.ipynb) at smoke size: shared stages 0-1, then stage 2 on a mixture
+    'tiny-run': dict(model=ModelConfig.PRESETS['tiny'], name='tiny-run',
+                     data=dict(n_samples=2000, english_ratio=0.4, langs=['sw', 'ru', 'zh', 'ar', 'hi'], synth_level=1,
+                               synth_families={'vqa': 3, 'exists': 1, 'count': 1}, translation_error=0.1),
+                     train=dict(TrainConfig.PRESETS['stage2'], max_steps=200, lr=1e-3, micro_batch_size=32),
+                     eval=dict(tasks=['synthetic'], synthetic_n=60, modes=['generate', 'loglik']),
+                     pretrain=dict(english_ratio=0.6),      # an English-dominant backbone
+                     stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000},
+                             {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000, 'data.english_ratio': 1.0},
+                             {'train.stage': 2, 'train.max_steps': 300}]),
     'pangea-7b': dict(model=ModelConfig.PRESETS['pangea-7b'], train=TrainConfig.PRESETS['pangea-7b-stage2'],
                       data=dict(n_samples=6_000_000, english_ratio=0.4), name='pangea-7b'),
 }
