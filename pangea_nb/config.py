@@ -17,7 +17,7 @@ from .contracts import atomic_write_json, atomic_write_text
 __all__ = ['YAML_MAX_BYTES', 'YAML_MAX_DEPTH', 'YAML_MAX_ALIASES', 'YAML_MAX_NODES', 'POOL_KINDS', 'MANIFEST_PACKAGES',
            'pangea_home', 'home_path', 'project_root', 'figures_dir', 'shared_path', 'ConfigError', 'load_yaml',
            'BaseConfig', 'config_hash', 'DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'SweepConfig',
-           'PretrainConfig', 'RunConfig', 'package_versions', 'git_state', 'device_info', 'run_manifest',
+           'PretrainConfig', 'PixmoConfig', 'RunConfig', 'package_versions', 'git_state', 'device_info', 'run_manifest',
            'write_manifest']
 
 # %% ../nbs/00_config.ipynb #228a6ac7
@@ -451,8 +451,20 @@ class PretrainConfig(BaseConfig):
 
     def validate(self): self.check('english_ratio', 0.0 <= self.english_ratio <= 1.0, 'must be in [0, 1]')
 
+@dataclass
+class PixmoConfig(BaseConfig):
+    "The Multi-PixMo ablation (nbs/94): which regenerated data stage 2 trains on."
+    train_langs: str = 'all'             # the ablation's axis: 'en' (regenerated English only) | 'all' (English + data.langs)
+    n_train: int = 240                   # synthetic-world training scenes turned into PixMo-style sources
+    error_rate: float = 0.1              # error model of the synthetic translator (QC drops what it catches)
+
+    def validate(self):
+        self.check_choice('train_langs', ('en', 'all'))
+        self.check('n_train', self.n_train > 0, 'must be > 0')
+        self.check('error_rate', 0.0 <= self.error_rate <= 1.0, 'must be in [0, 1]')
+
 # %% ../nbs/00_config.ipynb #65852c62
-_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig, 'pretrain': PretrainConfig}
+_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig, 'pretrain': PretrainConfig, 'pixmo': PixmoConfig}
 
 @dataclass
 class RunConfig(BaseConfig):
@@ -462,6 +474,7 @@ class RunConfig(BaseConfig):
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pixmo: PixmoConfig = field(default_factory=PixmoConfig)
     name: str = 'run'
     seed: int = 0
     output_dir: str | None = None        # None = $PANGEA_HOME/runs/<name>
@@ -556,6 +569,15 @@ RunConfig.PRESETS = {
                      stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000},
                              {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000, 'data.english_ratio': 1.0},
                              {'train.stage': 2, 'train.max_steps': 300}]),
+    # one run of the Multi-PixMo ablation template (nbs/sweeps/pixmo_run.ipynb): the same shared stages, stage 2 on regenerated data
+    'tiny-pixmo': dict(model=ModelConfig.PRESETS['tiny'], name='tiny-pixmo',
+                       data=dict(langs=['es'], synth_level=1, synth_families={'vqa': 3, 'exists': 1, 'count': 1}, translation_error=0.1),
+                       train=dict(TrainConfig.PRESETS['stage2'], max_steps=200, lr=1e-3, micro_batch_size=16),
+                       eval=dict(tasks=['mmbench', 'scienceqa', 'mme', 'pope', 'ai2d'], synthetic_n=40, modes=['generate', 'loglik']),
+                       pretrain=dict(english_ratio=0.6), pixmo=dict(train_langs='all', n_train=240, error_rate=0.1),
+                       stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000},
+                               {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000, 'data.english_ratio': 1.0},
+                               {'train.stage': 2, 'train.max_steps': 200}]),
     'pangea-7b': dict(model=ModelConfig.PRESETS['pangea-7b'], train=TrainConfig.PRESETS['pangea-7b-stage2'],
                       data=dict(n_samples=6_000_000, english_ratio=0.4), name='pangea-7b'),
 }
