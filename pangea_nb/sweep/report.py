@@ -98,12 +98,13 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
     x = rep.get('x') or ('data.english_ratio' if 'data.english_ratio' in grid else (grid or [''])[0])
     facets = list(rep.get('facets') or facet_keys(df, x))
     out['x'] = x
-    if x in df.columns and facets:
+    curve = x in df.columns and pd.api.types.is_numeric_dtype(df[x])   # a share or a count on the x axis (not e.g. pixmo.train_langs)
+    if curve and facets:
         fig, s = sensitivity_figure(df, facets, x=x)
         out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
         out['figures']['sensitivity'] = save_fig(fig, name if 'sensitivity' in name else f'{name}_sensitivity', data=s, out_dir=out_dir)
         out['sensitivity'] = s
-    elif x in df.columns:
+    elif curve:
         fig, s = english_ratio_figure(df, x=x)
         out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
         out['figures']['english_ratio'] = save_fig(fig, f'{name}' if name.startswith('english_ratio') else f'{name}_english_ratio', data=s, out_dir=out_dir)
