@@ -14,9 +14,11 @@ import yaml
 from .contracts import atomic_write_json, atomic_write_text
 
 # %% auto #0
-__all__ = ['POOL_KINDS', 'MANIFEST_PACKAGES', 'pangea_home', 'home_path', 'project_root', 'figures_dir', 'shared_path',
-           'ConfigError', 'BaseConfig', 'config_hash', 'DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig',
-           'SweepConfig', 'RunConfig', 'package_versions', 'git_state', 'device_info', 'run_manifest', 'write_manifest']
+__all__ = ['YAML_MAX_BYTES', 'YAML_MAX_DEPTH', 'YAML_MAX_ALIASES', 'YAML_MAX_NODES', 'POOL_KINDS', 'MANIFEST_PACKAGES',
+           'pangea_home', 'home_path', 'project_root', 'figures_dir', 'shared_path', 'ConfigError', 'load_yaml',
+           'BaseConfig', 'config_hash', 'DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'SweepConfig',
+           'PretrainConfig', 'PixmoConfig', 'RunConfig', 'package_versions', 'git_state', 'device_info', 'run_manifest',
+           'write_manifest']
 
 # %% ../nbs/00_config.ipynb #228a6ac7
 def pangea_home() -> Path:
@@ -71,6 +73,50 @@ def _type_ok(value, ann:str) -> bool:
         if base in ('int', 'float') and isinstance(value, bool): continue
         if isinstance(value, t): return True
     return False
+
+# %% ../nbs/00_config.ipynb #fcabcd29
+YAML_MAX_BYTES, YAML_MAX_DEPTH, YAML_MAX_ALIASES, YAML_MAX_NODES = 1 << 20, 32, 100, 1_000_000
+
+class _BoundedLoader(yaml.SafeLoader):
+    "A safe loader that counts alias references and nesting while composing, before anything is constructed."
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._aliases, self._depth = 0, 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > YAML_MAX_ALIASES: raise ConfigError(f'more than {YAML_MAX_ALIASES} alias references')
+        self._depth += 1
+        if self._depth > YAML_MAX_DEPTH: raise ConfigError(f'nested deeper than {YAML_MAX_DEPTH} levels')
+        try: return super().compose_node(parent, index)
+        finally: self._depth -= 1
+
+def _expanded_size(node, memo:dict, depth:int = 0) -> int:
+    "Nodes `node` stands for once its aliases are expanded (memoised on the shared node graph, so this stays cheap)."
+    if depth > YAML_MAX_DEPTH: raise ConfigError(f'nested deeper than {YAML_MAX_DEPTH} levels (through aliases)')
+    if id(node) in memo: return memo[id(node)]
+    kids = node.value if isinstance(node, yaml.SequenceNode) else [x for kv in node.value for x in kv] if isinstance(node, yaml.MappingNode) else []
+    memo[id(node)] = n = 1 + sum(_expanded_size(k, memo, depth + 1) for k in kids)
+    if n > YAML_MAX_NODES: raise ConfigError(f'expands to more than {YAML_MAX_NODES:,} nodes through its aliases')
+    return n
+
+def load_yaml(source, what:str | None = None):
+    "Parse YAML (a path, or text) within the bounds above; a breach or a syntax error is one `ConfigError` naming `what`."
+    if isinstance(source, Path) or (isinstance(source, str) and what is None):
+        path = Path(source); what = what or str(path)
+        if path.stat().st_size > YAML_MAX_BYTES: raise ConfigError(f'{what}: larger than {YAML_MAX_BYTES:,} bytes; refused')
+        source = path.read_text(encoding='utf-8')
+    if len(source.encode('utf-8')) > YAML_MAX_BYTES: raise ConfigError(f'{what}: larger than {YAML_MAX_BYTES:,} bytes; refused')
+    loader = _BoundedLoader(source)
+    try:
+        node = loader.get_single_node()
+        if node is None: return None
+        _expanded_size(node, {})
+        return loader.construct_document(node)
+    except ConfigError as e: raise ConfigError(f'{what}: {e}; refused') from None
+    except yaml.YAMLError as e: raise ConfigError(f'{what}: not valid YAML: {" ".join(str(e).split())}') from None
+    finally: loader.dispose()
 
 # %% ../nbs/00_config.ipynb #a34c0603
 @dataclass
@@ -133,10 +179,11 @@ class BaseConfig:
 
     @classmethod
     def load(cls, path):
-        "Read a config written by `save` (or by hand) from YAML or JSON."
+        "Read a config written by `save` (or by hand) from YAML or JSON; a name that is no file but a preset gives the preset."
         path = Path(path)
-        try: d = yaml.safe_load(path.read_text(encoding='utf-8'))  # JSON is YAML
-        except yaml.YAMLError as e: raise ConfigError(f'{path}: not valid YAML/JSON: {e}') from None
+        if not path.exists() and str(path) in cls.PRESETS: return cls.preset(str(path))
+        if not path.exists(): raise ConfigError(f'{path}: no such file' + (f' (nor a {cls.__name__} preset; presets are {sorted(cls.PRESETS)})' if cls.PRESETS else ''))
+        d = load_yaml(path)   # JSON is YAML
         if not isinstance(d, dict): raise ConfigError(f'{path}: expected a mapping at the top level, got {type(d).__name__}')
         try: return cls.from_dict(d)
         except ConfigError as e: raise ConfigError(f'{path}: {e}') from None
@@ -180,6 +227,7 @@ class DataConfig(BaseConfig):
     image_root: str | None = None                  # images resolve under this root; paths may not escape it
     max_image_pixels: int = 40_000_000             # refuse bigger images before decoding (decompression bombs)
     seed: int = 0
+    world_seed: int = 0                            # the synthetic world (scenes, held-out test split): fixed across a sweep's runs
 
     def validate(self):
         self.check('n_samples', self.n_samples > 0, 'must be > 0')
@@ -321,9 +369,9 @@ class TrainConfig(BaseConfig):
 
     def validate(self):
         self.check_choice('stage', (0, 1, 2))
-        self.check('lr', self.lr > 0, 'must be > 0')
+        self.check('lr', 0 < self.lr < float('inf'), 'must be finite and > 0')
         for k in ('lm_lr', 'vision_lr'):
-            if getattr(self, k) is not None: self.check(k, getattr(self, k) >= 0, 'must be >= 0')
+            if getattr(self, k) is not None: self.check(k, 0 <= getattr(self, k) < float('inf'), 'must be finite and >= 0')
         self.check('warmup_ratio', 0 <= self.warmup_ratio < 1, 'must be in [0, 1)')
         self.check_choice('schedule', ('cosine', 'linear', 'constant'))
         self.check('epochs', self.epochs > 0, 'must be > 0')
@@ -375,9 +423,13 @@ class EvalConfig(BaseConfig):
     batch_size: int = 8                          # predictions do not depend on it (left padding, tested)
     max_new_tokens: int | None = None            # None = each task's own (xChat 1024, captions 64, ...); a value overrides every task's
     judge: str | None = None                     # backend for judge-scored tasks (xChat, M-LLaVA-Bench)
+    modes: list = field(default_factory=list)    # score in several modes in one run (the run template); [] = just `mode`
+    synthetic_n: int = 60                        # held-out synthetic test items per language (the run template's world)
 
     def validate(self):
         self.check_choice('mode', ('generate', 'loglik'))
+        self.check('modes', set(self.modes) <= {'generate', 'loglik'}, "entries must be 'generate' or 'loglik'")
+        self.check('synthetic_n', self.synthetic_n > 0, 'must be > 0')
         self.check('batch_size', self.batch_size > 0, 'must be > 0')
         if self.max_new_tokens is not None: self.check('max_new_tokens', self.max_new_tokens > 0, 'must be > 0')
         if self.limit is not None: self.check('limit', self.limit > 0, 'must be > 0')
@@ -393,16 +445,40 @@ class SweepConfig(BaseConfig):
     jobs: int = 1                                # local workers
     threads_per_run: int | None = None           # None = cores // jobs
     slurm: dict = field(default_factory=dict)    # partition, gpus_per_task, time, ... for --slurm
+    preset: str | None = None                    # the RunConfig preset `base` starts from (None = RunConfig's defaults)
+    report: dict = field(default_factory=dict)   # {x: dotted field, facets: [...], series: lang}; {} = from the grid
 
     def validate(self):
+        self.check('report', set(self.report) <= {'x', 'facets', 'series'}, 'keys must be among x, facets, series')
         self.check('name', bool(self.name) and all(c.isalnum() or c in '-_.' for c in self.name), 'must be a non-empty slug')
         self.check('jobs', self.jobs > 0, 'must be > 0')
         for k, v in self.grid.items():
             if not (isinstance(v, list) and v): self.fail('grid', f'{k!r} must map to a non-empty list, got {v!r}')
         if self.threads_per_run is not None: self.check('threads_per_run', self.threads_per_run > 0, 'must be > 0')
+        if self.preset is not None: self.check('preset', self.preset in RunConfig.PRESETS, f'must be a RunConfig preset {sorted(RunConfig.PRESETS)}')
+
+# %% ../nbs/00_config.ipynb #75ba73cf
+@dataclass
+class PretrainConfig(BaseConfig):
+    "Stage 0 (text-only pretraining of a from-scratch LM)."
+    english_ratio: float = 0.5           # English share of the stage-0 documents (per document, from a hash: approximate)
+
+    def validate(self): self.check('english_ratio', 0.0 <= self.english_ratio <= 1.0, 'must be in [0, 1]')
+
+@dataclass
+class PixmoConfig(BaseConfig):
+    "The Multi-PixMo ablation (nbs/94): which regenerated data stage 2 trains on."
+    train_langs: str = 'all'             # the ablation's axis: 'en' (regenerated English only) | 'all' (English + data.langs)
+    n_train: int = 240                   # synthetic-world training scenes turned into PixMo-style sources
+    error_rate: float = 0.1              # error model of the synthetic translator (QC drops what it catches)
+
+    def validate(self):
+        self.check_choice('train_langs', ('en', 'all'))
+        self.check('n_train', self.n_train > 0, 'must be > 0')
+        self.check('error_rate', 0.0 <= self.error_rate <= 1.0, 'must be in [0, 1]')
 
 # %% ../nbs/00_config.ipynb #65852c62
-_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig}
+_SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig, 'pretrain': PretrainConfig, 'pixmo': PixmoConfig}
 
 @dataclass
 class RunConfig(BaseConfig):
@@ -411,10 +487,13 @@ class RunConfig(BaseConfig):
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    pixmo: PixmoConfig = field(default_factory=PixmoConfig)
     name: str = 'run'
     seed: int = 0
     output_dir: str | None = None        # None = $PANGEA_HOME/runs/<name>
     stages: list = field(default_factory=list)  # multi-stage run: one {dotted.field: value} override per stage, chained by init_from
+    gpus: int = 0                        # > 1: the last stage runs under torchrun/deepspeed with this many processes
 
     def __post_init__(self):
         for k, cls in _SECTIONS.items():
@@ -423,7 +502,7 @@ class RunConfig(BaseConfig):
                 try: setattr(self, k, cls.from_dict(v))
                 except ConfigError as e: raise ConfigError(f'RunConfig.{k}: {e}') from None
             elif not isinstance(v, cls): self.fail(k, f'expected {cls.__name__} or a mapping, got {type(v).__name__}')
-        for k in ('name', 'seed', 'output_dir', 'stages'):
+        for k in ('name', 'seed', 'output_dir', 'stages', 'gpus'):
             f = next(f for f in fields(self) if f.name == k)
             if not _type_ok(getattr(self, k), str(f.type)): self.fail(k, f'expected {f.type}, got {getattr(self, k)!r}')
         for i, over in enumerate(self.stages):
@@ -432,9 +511,14 @@ class RunConfig(BaseConfig):
         if self.stages: self.stage_configs()   # every override must name a real field with a valid value
 
     def set(self, dotted:str, value):
-        "A validated copy with the field at `dotted` (e.g. 'data.english_ratio') set to `value`."
+        "A validated copy with the field at `dotted` (e.g. 'data.english_ratio', or a key of a dict field: 'data.translation_error.sw') set."
         d = self.to_dict()
         *path, last = dotted.split('.')
+        if len(path) == 2 and path[0] in _SECTIONS and path[1] in d[path[0]]:   # a key inside a dict-valued field
+            _check_dict_key(self, path, last, dotted)
+            cur = d[path[0]][path[1]]
+            d[path[0]][path[1]] = {**(cur if isinstance(cur, dict) else {}), last: value}
+            return RunConfig.from_dict(d)
         node = d
         for p in path:
             if not isinstance(node.get(p), dict): raise ConfigError(f'RunConfig: no section {p!r} in {dotted!r}')
@@ -465,6 +549,19 @@ class RunConfig(BaseConfig):
     @property
     def out_path(self) -> Path: return Path(self.output_dir) if self.output_dir else home_path('runs', self.name, mkdir=False)
 
+_DICT_KEYS = {('data', 'translation_error'): 'langs', ('data', 'lang_proportions'): 'langs', ('data', 'source_quotas'): 'sources'}
+
+def _check_dict_key(cfg:RunConfig, path:list, key:str, dotted:str):
+    "A dotted path into a dict field names a known key: a language of the run, or a source of its pools."
+    kind = _DICT_KEYS.get(tuple(path))
+    if kind is None: raise ConfigError(f'RunConfig: {".".join(path)!r} is not a mapping field, so {dotted!r} addresses nothing')
+    d = cfg.data
+    known = ({'en', *d.langs, *d.synth_langs} | ({'1', '2', '3'} if path[1] == 'translation_error' else set()) if kind == 'langs'
+             else {str(p.get('source') or p.get('id')) for p in d.pools} | {'caption', 'vqa', 'ocr', 'exists', 'count'})
+    if (kind == 'langs' and not d.langs and not d.synth_langs) or key in known: return
+    near = difflib.get_close_matches(key, sorted(known), n=3)
+    raise ConfigError(f'RunConfig: {dotted!r}: {key!r} is not one of the run\'s {kind}' + (f'; did you mean {near}?' if near else f' {sorted(known)}'))
+
 RunConfig.PRESETS = {
     'tiny': dict(model=ModelConfig.PRESETS['tiny'], train=dict(TrainConfig.PRESETS['stage2'], max_steps=200, lr=1e-3),
                  data=DataConfig.PRESETS['synth-demo'], name='tiny'),
@@ -473,9 +570,28 @@ RunConfig.PRESETS = {
                        data=dict(n_samples=8000, synth_level=1, synth_langs=['en', 'sw', 'ru', 'zh', 'ar', 'hi'],
                                  synth_families={'vqa': 3, 'exists': 1, 'count': 1}),
                        train=dict(micro_batch_size=16, warmup_ratio=0.05, log_every=10, threads=1, cache_encoded=True),  # x 2 processes
-                       stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000, 'data.english_ratio': 0.5},
+                       stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000, 'pretrain.english_ratio': 0.5},
                                {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000},
                                {'train.stage': 2, 'train.lr': 3e-3, 'train.max_steps': 2000}]),
+    # one run of the sweep template (nbs/sweeps/run.ipynb) at smoke size: shared stages 0-1, then stage 2 on a mixture
+    'tiny-run': dict(model=ModelConfig.PRESETS['tiny'], name='tiny-run',
+                     data=dict(n_samples=2000, english_ratio=0.4, langs=['sw', 'ru', 'zh', 'ar', 'hi'], synth_level=1,
+                               synth_families={'vqa': 3, 'exists': 1, 'count': 1}, translation_error=0.1),
+                     train=dict(TrainConfig.PRESETS['stage2'], max_steps=200, lr=1e-3, micro_batch_size=32),
+                     eval=dict(tasks=['synthetic'], synthetic_n=60, modes=['generate', 'loglik']),
+                     pretrain=dict(english_ratio=0.6),      # an English-dominant backbone
+                     stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000},
+                             {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000, 'data.english_ratio': 1.0},
+                             {'train.stage': 2, 'train.max_steps': 300}]),
+    # one run of the Multi-PixMo ablation template (nbs/sweeps/pixmo_run.ipynb): the same shared stages, stage 2 on regenerated data
+    'tiny-pixmo': dict(model=ModelConfig.PRESETS['tiny'], name='tiny-pixmo',
+                       data=dict(langs=['es'], synth_level=1, synth_families={'vqa': 3, 'exists': 1, 'count': 1}, translation_error=0.1),
+                       train=dict(TrainConfig.PRESETS['stage2'], max_steps=200, lr=1e-3, micro_batch_size=16),
+                       eval=dict(tasks=['mmbench', 'scienceqa', 'mme', 'pope', 'ai2d'], synthetic_n=40, modes=['generate', 'loglik']),
+                       pretrain=dict(english_ratio=0.6), pixmo=dict(train_langs='all', n_train=240, error_rate=0.1),
+                       stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000},
+                               {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000, 'data.english_ratio': 1.0},
+                               {'train.stage': 2, 'train.max_steps': 200}]),
     'pangea-7b': dict(model=ModelConfig.PRESETS['pangea-7b'], train=TrainConfig.PRESETS['pangea-7b-stage2'],
                       data=dict(n_samples=6_000_000, english_ratio=0.4), name='pangea-7b'),
 }

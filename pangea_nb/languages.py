@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
+from .config import load_yaml
 
 # %% auto #0
 __all__ = ['REGISTRY_FILE', 'PANGEA_LANGS', 'LANGID_BACKENDS', 'Language', 'registry', 'UnknownLanguageError',
@@ -47,7 +48,7 @@ def _registry_file() -> Path:
 def _load_registry(path:str | None = None) -> tuple[dict, dict]:
     "Read and check the registry file: ({code: Language}, alias tables)."
     path = Path(path) if path else _registry_file()
-    doc = yaml.safe_load(path.read_text(encoding='utf-8'))
+    doc = load_yaml(Path(path))
     langs = {}
     for i, rec in enumerate(doc['languages']):
         try: lang = Language(**{**rec, 'scripts': tuple(rec['scripts'])})

@@ -149,26 +149,33 @@ def test_cli_errors_name_the_problem(world, tmp_path):
 
 # ---- the ablation recipe under `pangea sweep` ---------------------------------------------------------------------
 
-SMOKE = {'LANGS': ['en', 'es'], 'N_TRAIN': 40, 'STEPS': {'stage0': 4, 'stage1': 4, 'stage2': 6}, 'BATCH': 8, 'EVAL_N': 4,
-         'EVAL_TASKS': list(TASKS), 'EVAL_MODES': ['generate', 'loglik']}
+SMOKE = {'data': {'langs': ['es']}, 'pixmo': {'n_train': 40}, 'train': {'micro_batch_size': 8},
+         'eval': {'synthetic_n': 4, 'tasks': list(TASKS), 'modes': ['generate', 'loglik']},
+         'stages': [{'train.stage': 0, 'train.lr': 0.003, 'train.max_steps': 4, 'data.n_samples': 200},
+                    {'train.stage': 1, 'train.lr': 0.001, 'train.max_steps': 4, 'data.n_samples': 200, 'data.english_ratio': 1.0},
+                    {'train.stage': 2, 'train.max_steps': 6}]}
 
 
-def test_template_parameters_match_defaults():
+def test_template_has_one_run_parameter_and_the_spec_checks():
+    "The ablation template takes CONFIG (plus scheduling); the shipped spec expands into validated run configs."
     import nbformat
-    from pangea_nb.pixmo.ablation import PIXMO_DEFAULTS
+    import pangea_nb.pixmo.ablation as A
+    from pangea_nb.config import SweepConfig
+    from pangea_nb.sweep.runner import expand_grid
     nb = nbformat.read(ROOT/'nbs'/'sweeps'/'pixmo_run.ipynb', as_version=4)
     cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
     ns = {}; exec(cell.source, ns)
-    assert {k: ns[k] for k in PIXMO_DEFAULTS} == PIXMO_DEFAULTS
-    spec = yaml.safe_load((ROOT/'sweeps'/'pixmo_ablation.yaml').read_text())
-    assert set(spec['base']) | set(spec['grid']) <= set(PIXMO_DEFAULTS) and spec['grid']['TRAIN_LANGS'] == ['en', 'all']
+    assert sorted(k for k in ns if k.isupper()) == ['CONFIG', 'PROGRESS', 'SHARED_DIR', 'THREADS']
+    assert not [k for k, v in vars(A).items() if isinstance(v, dict) and any(str(x).isupper() for x in v)]
+    plans = expand_grid(SweepConfig.load(ROOT/'sweeps'/'pixmo_ablation.yaml'))
+    assert [p.config.pixmo.train_langs for p in plans[::3]] == ['en', 'all'] and len(plans) == 6
 
 
 @pytest.mark.slow
 def test_ablation_recipe_smoke(tmp_path):
     spec = tmp_path/'pixmo.yaml'
     spec.write_text(yaml.safe_dump({'name': 'pixmo_smoke', 'template': str(ROOT/'nbs'/'sweeps'/'pixmo_run.ipynb'), 'out_dir': str(tmp_path/'runs'),
-                                    'jobs': 1, 'base': SMOKE, 'grid': {'TRAIN_LANGS': ['en', 'all'], 'SEED': [0]}}))
+                                    'jobs': 1, 'preset': 'tiny-pixmo', 'base': SMOKE, 'grid': {'pixmo.train_langs': ['en', 'all'], 'seed': [0]}}))
     r = subprocess.run([str(BIN/'pangea'), 'sweep', str(spec), '--quiet'], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     runs = sorted((tmp_path/'runs').glob('*/metrics.json'))
@@ -178,7 +185,7 @@ def test_ablation_recipe_smoke(tmp_path):
         got = {(x['task'], x['lang']) for x in rows}
         assert {(t, l) for t in TASKS for l in ('en', 'es')} <= got
         assert all(0 <= x['value'] <= 100 or x['metric'].startswith('mme') for x in rows)
-    n = {json.loads((m.parent/'params.json').read_text())['point']['TRAIN_LANGS']: json.loads(m.read_text())['train_samples'] for m in runs}
+    n = {json.loads((m.parent/'params.json').read_text())['point']['pixmo.train_langs']: json.loads(m.read_text())['train_samples'] for m in runs}
     assert n['all'] > n['en'] > 0                                                  # the multilingual arm adds the regenerated data
     r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'ablation-report', str(spec), '--out', str(tmp_path/'figs')], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -4,12 +4,17 @@ from pathlib import Path
 import pytest, yaml
 from conftest import ROOT, BIN
 
-SMOKE = {'STEPS': {'stage0': 4, 'stage1': 4, 'stage2': 6}, 'N_SAMPLES': 48, 'EVAL_N': 3, 'LANGS': ['sw'], 'BATCH': 8,
-         'EVAL_MODES': ['generate', 'loglik']}
+def smoke_base(stage2_steps=6):
+    "A smoke-sized run config (as a spec's `base`): tiny shared stages 0-1, a 48-sample stage-2 mixture, 3 test items a language."
+    return {'data': {'n_samples': 48, 'langs': ['sw']}, 'train': {'micro_batch_size': 8},
+            'eval': {'synthetic_n': 3, 'modes': ['generate', 'loglik']},
+            'stages': [{'train.stage': 0, 'train.lr': 0.003, 'train.max_steps': 4, 'data.n_samples': 200},
+                       {'train.stage': 1, 'train.lr': 0.001, 'train.max_steps': 4, 'data.n_samples': 200, 'data.english_ratio': 1.0},
+                       {'train.stage': 2, 'train.max_steps': stage2_steps}]}
 
-def spec_file(tmp, name, grid, **base):
-    d = {'name': name, 'template': str(ROOT/'nbs'/'sweeps'/'run.ipynb'), 'out_dir': str(tmp/'runs'), 'jobs': 1,
-         'base': {**SMOKE, **base}, 'grid': grid}
+def spec_file(tmp, name, grid, base=None, **top):
+    d = {'name': name, 'template': str(ROOT/'nbs'/'sweeps'/'run.ipynb'), 'out_dir': str(tmp/'runs'), 'jobs': 1, 'preset': 'tiny-run',
+         'base': base or smoke_base(), 'grid': grid, **top}
     p = tmp/f'{name}.yaml'; p.write_text(yaml.safe_dump(d)); return p
 
 def pangea(*args, check=True, **kw):
@@ -17,18 +22,77 @@ def pangea(*args, check=True, **kw):
     if check and r.returncode: raise AssertionError(f'pangea {args} exited {r.returncode}:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}')
     return r
 
-def test_defaults_match_template_parameters():
-    "The template's parameters cell and DEFAULTS are one set of smoke-sized values."
+def test_template_has_one_run_parameter():
+    "The run template's parameters are CONFIG plus scheduling only, and it starts by loading CONFIG (a preset by hand)."
     import nbformat
-    from pangea_nb.sweep.template import DEFAULTS
+    from pangea_nb.config import RunConfig
+    from pangea_nb.sweep.runner import SCHEDULING_PARAMS
     nb = nbformat.read(ROOT/'nbs'/'sweeps'/'run.ipynb', as_version=4)
-    cell = next(c for c in nb.cells if 'parameters' in c.metadata.get('tags', []))
+    i, cell = next((i, c) for i, c in enumerate(nb.cells) if 'parameters' in c.metadata.get('tags', []))
     ns = {}; exec(cell.source, ns)
-    assert {k: ns[k] for k in DEFAULTS} == DEFAULTS
+    assert sorted(k for k in ns if k.isupper()) == sorted(('CONFIG', *SCHEDULING_PARAMS))
+    assert nb.cells[i + 1].source.splitlines()[:2] == ['from pangea_nb.config import RunConfig', 'cfg = RunConfig.load(CONFIG)']
+    assert RunConfig.load(ns['CONFIG']).stages                      # the by-hand default: a preset with shared stages
+
+def test_template_modules_hold_no_parameter_dict():
+    "No dict of UPPER_CASE template parameters is left: a run is described by its RunConfig alone."
+    import pangea_nb.sweep.template as T
+    assert not [k for k, v in vars(T).items() if isinstance(v, dict) and any(str(x).isupper() for x in v)]
+
+BAD = {'misspelt key': ({'data.english_rato': [0.5]}, "data.english_rato = 0.5: RunConfig: no field 'data.english_rato'; did you mean ['english_ratio']"),
+       'wrong type': ({'data.n_samples': ['many']}, "data.n_samples = 'many': RunConfig.data: DataConfig.n_samples: expected int"),
+       'out of range': ({'data.english_ratio': [1.5]}, 'data.english_ratio = 1.5: RunConfig.data: DataConfig.english_ratio: must be in [0, 1]'),
+       'infinite lr': ({'train.lr': [float('inf')]}, 'train.lr = inf: RunConfig.train: TrainConfig.lr: must be finite and > 0'),
+       'negative steps': ({'train.max_steps': [-5]}, 'train.max_steps = -5: RunConfig.train: TrainConfig.max_steps: must be > 0'),
+       'old key': ({'ENGLISH_RATIO': [0.5]}, 'ENGLISH_RATIO = 0.5: old template parameter; write ENGLISH_RATIO \u2192 data.english_ratio'),
+       'empty axis': ({'seed': []}, "SweepConfig.grid: 'seed' must map to a non-empty list")}
+
+@pytest.mark.parametrize('case', list(BAD))
+def test_bad_spec_refused_before_anything_starts(tmp_path, case, capsys):
+    "Local run, --dry-run and --slurm all refuse the spec in one line naming file, key and value; nothing is created."
+    from pangea_nb.sweep.launch import sweep_cmd
+    grid, want = BAD[case]
+    spec = spec_file(tmp_path, 'bad', grid)
+    for kw in ({'quiet': True}, {'dry_run': True}, {'slurm': True}):
+        assert sweep_cmd(str(spec), **kw) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count('\n') == 0 and err.startswith(f'error: {spec}: ') and want in err, (kw, err)
+    assert not (tmp_path/'runs').exists()                       # no run folder, no kernel, no sbatch script
+
+def test_bad_spec_refused_by_the_command(tmp_path):
+    "The same through `pangea sweep` (one process per mode), and a missing template names the template."
+    spec = spec_file(tmp_path, 'typo', {'data.english_rato': [0.5]})
+    for extra in ((), ('--dry-run',), ('--slurm',)):
+        r = pangea('sweep', spec, *extra, check=False)
+        assert r.returncode == 2 and f"{spec}: data.english_rato = 0.5" in r.stderr and not r.stdout, r
+    r = pangea('sweep', spec_file(tmp_path, 'nt', {'seed': [0]}, template=str(tmp_path/'none.ipynb')), '--dry-run', check=False)
+    assert r.returncode == 2 and 'template = ' in r.stderr and 'none.ipynb' in r.stderr
+    assert not (tmp_path/'runs').exists()
+
+def test_yaml_bomb_refused_without_expanding(tmp_path):
+    "A billion-laughs spec is refused in one line by `pangea config show` and `sweep --dry-run` (the timeout is a hang guard)."
+    bomb = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + ''.join(
+        f'{c}: &{c} [{",".join(["*" + p] * 9)}]\n' for p, c in zip('abcdefgh', 'bcdefghi'))
+    f = tmp_path/'bomb.yaml'; f.write_text('name: bomb\nbase:\n  lol: *i\n'.replace('*i', '[]') + 'grid: {}\n' + 'x:\n' +
+                                           ''.join('  ' + l + '\n' for l in bomb.splitlines()))
+    for args in (('config', 'show', f, '--kind', 'sweep'), ('sweep', f, '--dry-run')):
+        r = subprocess.run([str(BIN/'pangea'), *map(str, args)], capture_output=True, text=True, timeout=60)
+        assert r.returncode != 0 and 'expands to more than' in r.stderr and str(f) in r.stderr, r
+        assert r.stderr.strip().count('\n') == 0, r.stderr
+
+def test_nonfinite_loss_stops_training(tmp_path):
+    "A learning rate far too high: training stops with a clear error and saves no model."
+    from pangea_nb.config import RunConfig
+    from pangea_nb.train.stages import run_stage
+    from pangea_nb.train.loop import NonFiniteLoss
+    cfg = RunConfig.preset('tiny').set('data.n_samples', 32).set('data.synth_langs', ['en']).set('train.max_steps', 8) \
+                                  .set('train.lr', 1e30).set('train.clip_grad', 0.0).set('train.warmup_ratio', 0.0)
+    with pytest.raises(NonFiniteLoss, match='loss is nan|loss is inf'): run_stage(cfg, tmp_path/'out', progress=False)
+    assert not (tmp_path/'out'/'done.json').exists() and not (tmp_path/'out'/'model').exists()
 
 @pytest.mark.slow
 def test_template_through_papermill_and_report(tmp_path):
-    spec = spec_file(tmp_path, 'smoke', {'ENGLISH_RATIO': [0.5], 'SEED': [0]})
+    spec = spec_file(tmp_path, 'smoke', {'data.english_ratio': [0.5], 'seed': [0]}, report={'x': 'data.english_ratio'})
     pangea('sweep', spec, '--quiet')
     (run,) = [d for d in (tmp_path/'runs').iterdir() if (d/'metrics.json').exists()]
     m = json.loads((run/'metrics.json').read_text())
@@ -37,7 +101,12 @@ def test_template_through_papermill_and_report(tmp_path):
     assert all(0 <= r['value'] <= 100 for r in m['rows'])
     assert m['mixture_proportions'] == {'en': 0.5, 'sw': 0.5} and m['run_info']['seconds'] > 0
     assert (run/'run.ipynb').exists() and (run/'log').exists() and (run/'samples'/'synthetic.jsonl').exists()
-    assert json.loads((run/'params.json').read_text())['point'] == {'ENGLISH_RATIO': 0.5, 'SEED': 0}
+    # one spelling from spec to figure: run folder, params, results table, figure data and axis
+    assert run.name.startswith('data.english_ratio0.5-seed0-')
+    assert json.loads((run/'params.json').read_text())['point'] == {'data.english_ratio': 0.5, 'seed': 0}
+    from pangea_nb.config import RunConfig
+    rc = RunConfig.load(run/'config.yaml')                          # the resolved description the run used
+    assert rc.data.english_ratio == 0.5 and rc.seed == 0 and rc.data.synth_langs == ['en', 'sw'] and len(rc.stages) == 3
     # the explorer reads the run; the report gathers it
     from pangea_nb.explorer import Explorer
     ex = Explorer(tmp_path)
@@ -45,11 +114,14 @@ def test_template_through_papermill_and_report(tmp_path):
     r = pangea('sweep', 'report', spec, '--out', tmp_path/'figs', '--name', 'english_ratio')
     assert (tmp_path/'figs'/'english_ratio.png').exists() and (tmp_path/'figs'/'english_ratio.csv').exists()
     assert (tmp_path/'runs'/'results.csv').exists() and 'exact_match' in r.stdout
+    import pandas as pd
+    assert 'data.english_ratio' in pd.read_csv(tmp_path/'runs'/'results.csv').columns
+    assert list(pd.read_csv(tmp_path/'figs'/'english_ratio.csv').columns)[0] == 'data.english_ratio' 
 
 @pytest.mark.slow
 def test_sweep_killed_then_resumed(tmp_path):
     "Kill the sweep while its second run trains; the rerun finishes it without redoing or duplicating the first."
-    spec = spec_file(tmp_path, 'resume', {'ENGLISH_RATIO': [0.0, 1.0], 'SEED': [0]}, STEPS={'stage0': 4, 'stage1': 4, 'stage2': 120})
+    spec = spec_file(tmp_path, 'resume', {'data.english_ratio': [0.0, 1.0], 'seed': [0]}, base=smoke_base(stage2_steps=120))
     env = {**os.environ}
     p = subprocess.Popen([str(BIN/'pangea'), 'sweep', str(spec), '--quiet'], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True, env=env)
@@ -86,7 +158,7 @@ def test_gpu_recipes_dry_run_and_slurm(tmp_path):
         assert '--gpus-per-node=8' in sb and '--run-index "$SLURM_ARRAY_TASK_ID"' in sb and '#SBATCH --array=0-' in sb
     # the English-ratio recipe: 6 ratios, one seed, 8 GPUs per run
     out = pangea('sweep', tmp_path/'pangea7b_english_ratio.yaml', '--dry-run').stdout
-    assert sum(f'english_ratio{r}-seed0' in out for r in ('0', '0.2', '0.4', '0.6', '0.8', '1')) == 6
+    assert sum(f'data.english_ratio{r}-seed0-' in out for r in ('0', '0.2', '0.4', '0.6', '0.8', '1')) == 6
     # --submit through a stand-in sbatch on PATH
     fake = tmp_path/'bin'; fake.mkdir(); sb = fake/'sbatch'
     sb.write_text('#!/bin/sh\necho "4242;cluster"\n'); sb.chmod(sb.stat().st_mode | stat.S_IEXEC)

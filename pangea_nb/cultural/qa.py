@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 from ..data.schema import IMAGE_TOKEN, Sample, Turn
 from .wikidata import Claim, Entity, cultural_assets, load_properties, load_regions, property_ids, region_of
+from ..config import load_yaml
 
 # %% auto #0
 __all__ = ['LETTERS', 'LangTemplates', 'template_dir', 'load_templates', 'template_langs', 'norm_text', 'leaked', 'EntityIndex',
@@ -50,7 +51,7 @@ def load_templates(lang:str, path:str | None = None) -> LangTemplates | None:
     from pangea_nb.languages import normalise_lang
     f = template_dir(path)/f'{lang}.yaml'
     if not f.exists(): return None
-    d = yaml.safe_load(f.read_text(encoding='utf-8'))
+    d = load_yaml(Path(f))
     try: t = LangTemplates(**d)
     except TypeError as e: raise ValueError(f'{f}: {e}') from None
     if t.lang != lang or normalise_lang(t.lang) != lang: raise ValueError(f'{f}: lang is {t.lang!r}, expected the canonical code {lang!r}')

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterator
 import yaml
 from ..data.schema import RecordError
+from ..config import load_yaml
 
 # %% auto #0
 __all__ = ['ASSET_DIR', 'KINDS', 'VALUE_TYPES', 'PID_RE', 'QID_RE', 'RANKS', 'ENTITY_SUFFIXES', 'cultural_assets',
@@ -43,7 +44,7 @@ class WikidataProperty:
 
 # %% ../../nbs/80_cultural_wikidata.ipynb #bdf79391
 def _read_yaml(path) -> dict:
-    d = yaml.safe_load(Path(path).read_text(encoding='utf-8'))
+    d = load_yaml(Path(path))
     if not isinstance(d, dict): raise ValueError(f'{path}: expected a mapping at the top level')
     return d
 

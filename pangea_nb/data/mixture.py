@@ -15,6 +15,7 @@ from ..contracts import atomic_open, atomic_write_json, safe_join, save_fig, new
 from .pools import Pool, make_pool, default_pools, POOL_TYPES, META_SCHEMA
 from .schema import write_samples, Sample, RecordError
 from .validate import reason_code, summary_counts, print_summary
+from ..config import load_yaml
 
 # %% auto #0
 __all__ = ['allocate', 'lang_targets', 'source_targets', 'select', 'load_pools', 'pool_meta', 'mixture_stats',
@@ -393,7 +394,7 @@ def _load_data_config(path) -> DataConfig:
     import yaml
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f'{p}: no such file')
-    d = yaml.safe_load(p.read_text(encoding='utf-8')) or {}
+    d = load_yaml(Path(p)) or {}
     if isinstance(d, dict) and 'data' in d and isinstance(d['data'], dict):
         from pangea_nb.config import RunConfig
         return RunConfig.load(p).data

@@ -14,6 +14,7 @@ from ..contracts import safe_join, UnsafePathError, append_jsonl
 from ..data.schema import iter_records
 from .metrics import normalise_text, unspaced
 from .tasks import get_task, select_items, resolve_images
+from ..config import load_yaml
 
 # %% auto #0
 __all__ = ['text_units', 'ngrams', 'file_sha256', 'mixture_sources', 'scan_mixture', 'check_contamination', 'eval_contamination',
@@ -47,7 +48,7 @@ def mixture_sources(mixture, images=None) -> list[tuple[Path, Path]]:
     if not p.is_file(): raise FileNotFoundError(f'mixture {p} does not exist')
     if p.suffix in ('.yaml', '.yml') or (p.suffix == '.json' and _is_manifest(p)):
         import yaml
-        m = yaml.safe_load(p.read_text(encoding='utf-8'))
+        m = load_yaml(Path(p))
         srcs = m.get('sources') or m.get('components') or []
         out = []
         for s in srcs:

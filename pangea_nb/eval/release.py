@@ -14,6 +14,7 @@ import yaml
 
 from ..config import home_path
 from ..languages import normalise_lang, base_lang, UnknownLanguageError
+from ..config import load_yaml
 
 # %% auto #0
 __all__ = ['MAX_IMAGE_BYTES', 'card_yaml', 'card_splits', 'read_rows', 'image_cache', 'embedded_image', 'lang_code',
@@ -27,8 +28,7 @@ def card_yaml(root:Path) -> dict:
     text = p.read_text(encoding='utf-8')
     m = re.match(r'^---\s*\n(.*?)\n---\s*(\n|$)', text, re.S)
     if not m: return {}
-    try: return yaml.safe_load(m.group(1)) or {}
-    except yaml.YAMLError as e: raise ValueError(f'{p}: the YAML header of the dataset card does not parse ({e})') from None
+    return load_yaml(m.group(1), f'{p}: the YAML header of the dataset card (does not parse or is refused)') or {}
 
 def _files(root, pattern):
     return sorted(p for p in Path(root).glob(pattern) if p.is_file())

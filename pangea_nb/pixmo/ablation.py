@@ -13,42 +13,23 @@ from ..config import config_hash
 from ..contracts import make_once
 
 # %% auto #0
-__all__ = ['PIXMO_DEFAULTS', 'TRAIN_FAMILIES', 'SCORES', 'pixmo_params', 'template_params', 'ablation_data', 'train_pools',
-           'ablation_frame', 'ablation_table', 'plot_pixmo_ablation', 'ablation_report', 'ablation_report_cmd']
+__all__ = ['TRAIN_FAMILIES', 'SCORES', 'ablation_langs', 'ablation_data', 'train_pools', 'ablation_frame', 'ablation_table',
+           'plot_pixmo_ablation', 'ablation_report', 'ablation_report_cmd']
 
 # %% ../../nbs/94_pixmo_ablation.ipynb #53ee0dd1
-PIXMO_DEFAULTS = dict(
-    PRESET='tiny', LANGS=['en', 'es'], TRAIN_LANGS='all', N_TRAIN=240, ERROR_RATE=0.1,
-    STEPS={'stage0': 60, 'stage1': 100, 'stage2': 200}, BATCH=16, BACKBONE_ENGLISH=0.6, WORLD_SEED=0, SEED=0,
-    EVAL_TASKS=['mmbench', 'scienceqa', 'mme', 'pope', 'ai2d'], EVAL_N=40, EVAL_MODES=['generate', 'loglik'],
-    OVERRIDES={}, OUT_DIR='', SHARED_DIR='', THREADS=0)
 TRAIN_FAMILIES = {'caption': 1, 'vqa': 3, 'count': 1, 'exists': 2, 'mcq': 2, 'ocr': 1}
 
-def pixmo_params(**given) -> dict:
-    "The ablation template's parameters: `PIXMO_DEFAULTS` with `given`; unknown names and bad axes are errors."
-    from pangea_nb.config import ConfigError
-    bad = [k for k in given if k not in PIXMO_DEFAULTS]
-    if bad: raise ConfigError(f'unknown pixmo ablation parameters {bad}; parameters are {list(PIXMO_DEFAULTS)}')
-    p = {**json.loads(json.dumps(PIXMO_DEFAULTS)), **given}
-    if p['TRAIN_LANGS'] not in ('en', 'all'): raise ConfigError(f"TRAIN_LANGS must be 'en' or 'all', got {p['TRAIN_LANGS']!r}")
-    if 'en' not in p['LANGS']: raise ConfigError(f"LANGS must include en (the source language), got {p['LANGS']}")
-    return p
-
-def template_params(p:dict) -> dict:
-    "The run template's (nbs/55) parameters for the shared stages and the stage-2 config of this ablation run."
-    from pangea_nb.sweep.template import run_params
-    return run_params(PRESET=p['PRESET'], LANGS=[l for l in p['LANGS'] if l != 'en'], STEPS=p['STEPS'], BATCH=p['BATCH'],
-                      BACKBONE_ENGLISH=p['BACKBONE_ENGLISH'], WORLD_SEED=p['WORLD_SEED'], SEED=p['SEED'], LEVEL=1,
-                      FAMILIES={'vqa': 3, 'exists': 1, 'count': 1}, EVAL_TASKS=list(p['EVAL_TASKS']), EVAL_MODES=list(p['EVAL_MODES']),
-                      OVERRIDES=p['OVERRIDES'], OUT_DIR=p['OUT_DIR'], SHARED_DIR=p['SHARED_DIR'], THREADS=p['THREADS'], EVAL_N=p['EVAL_N'])
+def ablation_langs(cfg) -> list[str]:
+    "Languages of the regenerated data and the translated benchmarks: English (the source) and the run's `data.langs`."
+    return ['en'] + [l for l in cfg.data.langs if l != 'en']
 
 # %% ../../nbs/94_pixmo_ablation.ipynb #668ada48
-def _world(p, model_cfg, split_n:dict, seed_off:int = 0):
+def _world(cfg, split_n:dict):
     from pangea_nb.data.synth import WorldConfig
     return WorldConfig(n_train=split_n.get('train', 0), n_test=split_n.get('test', 0), langs=['en'], level=1, families=TRAIN_FAMILIES,
-                       image_size=model_cfg.image_size, cell=model_cfg.patch_size, seed=p['WORLD_SEED'])
+                       image_size=cfg.model.image_size, cell=cfg.model.patch_size, seed=cfg.data.world_seed)
 
-def _make_data(d:Path, wc, p:dict, langs:list, progress:bool):
+def _make_data(d:Path, wc, cfg, langs:list, progress:bool):
     "Write the world, regenerate its sources, write and translate the benchmarks, check alignment; `done.json` last."
     from pangea_nb.data.synth import write_world
     from pangea_nb.contracts import atomic_write_json
@@ -56,27 +37,28 @@ def _make_data(d:Path, wc, p:dict, langs:list, progress:bool):
     from pangea_nb.pixmo.bench import write_synthetic_benchmarks, translate_bench, check_alignment
     if (d/'done.json').exists(): return
     others = [l for l in langs if l != 'en']
+    err, ws, n = cfg.pixmo.error_rate, cfg.data.world_seed, cfg.eval.synthetic_n
     write_world(d/'world', wc, progress=False)
-    rep = regenerate(RegenerateConfig(synthetic_world=str(d/'world'), targets=langs, error_rate=p['ERROR_RATE'], seed=p['WORLD_SEED']),
+    rep = regenerate(RegenerateConfig(synthetic_world=str(d/'world'), targets=langs, error_rate=err, seed=ws),
                      d/'regen', progress=progress)
-    sb = write_synthetic_benchmarks(d/'world', d/'bench', langs=others, n=p['EVAL_N'], seed=p['WORLD_SEED'])
+    sb = write_synthetic_benchmarks(d/'world', d/'bench', langs=others, n=n, seed=ws)
     brep, align = {}, {}
-    for t in p['EVAL_TASKS']:
-        brep[t] = translate_bench(t, sb['tasks'][t], others, sb['tasks'][t], error_rate=p['ERROR_RATE'], seed=p['WORLD_SEED'], progress=False)['languages']
+    for t in cfg.eval.tasks:
+        brep[t] = translate_bench(t, sb['tasks'][t], others, sb['tasks'][t], error_rate=err, seed=ws, progress=False)['languages']
         align[t] = check_alignment(t, sb['tasks'][t], sb['tasks'][t], others)
         if align[t]['problems']: raise RuntimeError(f'{t}: translated benchmark misaligned: {align[t]["problems"][:3]}')
     atomic_write_json(d/'done.json', {'regen': {k: rep[k] for k in ('in', 'kept', 'rejected', 'by_language', 'by_reason', 'qc_catch', 'by_source')},
                                       'bench': brep, 'alignment': {t: {k: v for k, v in a.items() if k != 'problems'} for t, a in align.items()}})
 
-def ablation_data(p:dict, model_cfg, shared_dir, progress:bool = False, poll:float = 5.0) -> dict:
-    "{'regen_dir': folder of <lang>.jsonl, 'bench_dirs': {task: folder}, reports and alignment counts} for the run's parameters."
-    langs = list(p['LANGS'])
-    wc = _world(p, model_cfg, {'train': p['N_TRAIN'], 'test': max(4 * p['EVAL_N'], 40)})
-    key = config_hash({'world': wc.to_dict(), 'langs': langs, 'error': p['ERROR_RATE'], 'eval_n': p['EVAL_N'], 'v': 1}, n=10)
+def ablation_data(cfg, shared_dir, progress:bool = False, poll:float = 5.0) -> dict:
+    "{'regen_dir': folder of <lang>.jsonl, 'bench_dirs': {task: folder}, reports and alignment counts} for the run's config."
+    langs, n = ablation_langs(cfg), cfg.eval.synthetic_n
+    wc = _world(cfg, {'train': cfg.pixmo.n_train, 'test': max(4 * n, 40)})
+    key = config_hash({'world': wc.to_dict(), 'langs': langs, 'error': cfg.pixmo.error_rate, 'eval_n': n, 'v': 1}, n=10)
     d = Path(shared_dir)/f'pixmo-data-{key}'
-    make_once(d, lambda: (d/'done.json').exists(), lambda: _make_data(d, wc, p, langs, progress), poll)   # made by one run, reused by all
+    make_once(d, lambda: (d/'done.json').exists(), lambda: _make_data(d, wc, cfg, langs, progress), poll)   # made by one run, reused by all
     info = json.loads((d/'done.json').read_text())
-    return {'root': d, 'regen_dir': d/'regen', 'bench_dirs': {t: d/'bench'/t for t in p['EVAL_TASKS']},
+    return {'root': d, 'regen_dir': d/'regen', 'bench_dirs': {t: d/'bench'/t for t in cfg.eval.tasks},
             'regen_report': info['regen'], 'bench_report': info['bench'], 'alignment': info['alignment']}
 
 def train_pools(regen_dir, train_langs:str, langs) -> list[dict]:
@@ -130,8 +112,8 @@ def ablation_report(root, out_dir='figures', name:str = 'pixmo_ablation') -> dic
     import matplotlib.pyplot as plt
     from pangea_nb.sweep.results import gather
     from pangea_nb.contracts import save_fig, new_figure, atomic_write_json
-    df = gather(root)
-    if df.empty or 'train_langs' not in df: raise ValueError(f'{root}: no finished runs of a pixmo ablation sweep (grid over TRAIN_LANGS)')
+    df = gather(root).rename(columns={'pixmo.train_langs': 'train_langs'})
+    if df.empty or 'train_langs' not in df: raise ValueError(f'{root}: no finished runs of a pixmo ablation sweep (grid over pixmo.train_langs)')
     if 'seed' not in df: df['seed'] = 0
     frame = ablation_frame(df); s, piv = ablation_table(frame)
     fig, axes = new_figure(1, 2, figsize=(11, 3.8))

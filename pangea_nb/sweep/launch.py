@@ -14,7 +14,7 @@ from .runner import RunPlan, RunFailed, expand_grid, execute_run, sweep_dir, thr
 
 # %% auto #0
 __all__ = ['SLURM_KEYS', 'last_step', 'run_progress', 'write_progress', 'default_threads', 'run_sweep', 'measured_seconds',
-           'plan_table', 'format_plan', 'slurm_script', 'write_slurm', 'sweep_cmd']
+           'plan_table', 'format_plan', 'slurm_script', 'write_slurm', 'missing_paths', 'check_sweep', 'sweep_cmd']
 
 # %% ../../nbs/51_sweep_run.ipynb #157e5ee1
 def last_step(log:Path, tail:int = 4096) -> int | None:
@@ -112,7 +112,7 @@ def plan_table(spec:SweepConfig, estimator=None) -> list[dict]:
                'est_seconds': None, 'est_gb': None, 'basis': 'unknown'}
         if done_s: row.update(est_seconds=sum(done_s) / len(done_s), basis=f'mean of {len(done_s)} finished runs')
         if est_fn is not None:
-            e = est_fn(p.params)
+            e = est_fn(p.config)
             if row['est_seconds'] is None: row.update(est_seconds=e.get('seconds'), basis=e.get('basis', 'template estimate'))
             row['est_gb'] = e.get('gb')
         rows.append(row)
@@ -174,6 +174,26 @@ def write_slurm(spec:SweepConfig, spec_path, submit:bool = False) -> tuple[Path,
     if out.returncode: raise RuntimeError(f'sbatch failed ({out.returncode}): {out.stderr.strip()}')
     return path, out.stdout.strip().split(';')[0]
 
+# %% ../../nbs/51_sweep_run.ipynb #9b60f2d2
+def missing_paths(cfg) -> list[str]:
+    "Data paths a run config names that do not exist on this machine, as 'field: path'."
+    named = [(f'data.pools[{i}].{k}', q[k]) for i, q in enumerate(cfg.data.pools) for k in ('path', 'root', 'image_root') if q.get(k)]
+    named += [(f'eval.data.{t}', v) for t, v in cfg.eval.data.items()] + [(f'eval.images.{t}', v) for t, v in cfg.eval.images.items()]
+    named += [(f'stages[{i}].train.init_from', c.train.init_from) for i, c in enumerate(cfg.stage_configs()) if c.train.init_from]
+    return [f'{k}: {v}' for k, v in named if not Path(str(v)).expanduser().exists()]
+
+def check_sweep(path, local:bool = True) -> tuple[SweepConfig, list, list[str]]:
+    "(spec, plans, warnings) of the spec at `path`, or a one-line `ConfigError` naming the file, the key and the value."
+    spec = SweepConfig.load(path)
+    tpl = Path(spec.template)
+    if not tpl.is_absolute() and not tpl.exists() and project_root(): tpl = project_root()/tpl
+    if not tpl.exists(): raise ConfigError(f'{path}: template = {spec.template!r}: no such run template')
+    try: plans = expand_grid(spec)
+    except ConfigError as e: raise ConfigError(f'{path}: {e}') from None
+    missing = sorted({m for p in plans for m in missing_paths(p.config)})
+    if missing and local: raise ConfigError(f'{path}: data not found: {missing[0]}' + (f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''))
+    return spec, plans, [f'{path}: warning: data not found here: {m}' for m in missing]
+
 # %% ../../nbs/51_sweep_run.ipynb #dffc94e1
 def sweep_cmd(spec:str,                   # sweep spec YAML (a SweepConfig)
               jobs:int=None,              # local workers (default: the spec's `jobs`)
@@ -183,7 +203,10 @@ def sweep_cmd(spec:str,                   # sweep spec YAML (a SweepConfig)
               run_index:int=None,         # run only this grid index (what each Slurm array task does)
               quiet:bool=False):          # no progress bars
     "Run a sweep: a grid of papermill executions of the run template; finished runs are skipped."
-    cfg = SweepConfig.load(spec)
+    try: cfg, _, warnings = check_sweep(spec, local=not (dry_run or slurm or submit))
+    except ConfigError as e:
+        print(f'error: {e}', file=sys.stderr); return 2
+    for w in warnings: print(w, file=sys.stderr)
     if dry_run:
         print(format_plan(plan_table(cfg), jobs or cfg.jobs)); return 0
     if slurm or submit:

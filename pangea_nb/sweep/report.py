@@ -16,12 +16,25 @@ from .runner import sweep_dir
 from ..figures import plot_english_ratio, plot_proportion_vs_score, plot_lang_task_heatmap
 
 # %% auto #0
-__all__ = ['METRIC_LABEL', 'proportions', 'english_ratio_figure', 'facet_keys', 'sensitivity_figure', 'per_metric',
-           'report_sweep', 'sweep_report_cmd']
+__all__ = ['METRIC_LABEL', 'AXIS_LABEL', 'RESULT_COLUMNS', 'axis_label', 'proportions', 'english_ratio_figure', 'facet_keys',
+           'sensitivity_figure', 'per_metric', 'report_sweep', 'sweep_report_cmd']
 
 # %% ../../nbs/54_report.ipynb #132ddd96
 METRIC_LABEL = {'exact_match': 'exact match (generated answer)', 'loglik_accuracy': 'likelihood accuracy (best option)',
                 'accuracy': 'accuracy'}
+
+AXIS_LABEL = {'data.english_ratio': 'English share of stage-2 data', 'pretrain.english_ratio': 'English share of stage-0 text',
+              'data.translation_error': 'translation error rate', 'mixture.share': "the language's share of the training mixture",
+              'data.n_samples': 'stage-2 mixture size (samples)'}
+
+def axis_label(x:str) -> str:
+    "A plain description of the dotted field `x`, with its name beside it."
+    return f'{AXIS_LABEL[x]} \u2014 {x}' if x in AXIS_LABEL else x
+
+def _plot_curve(s:pd.DataFrame, x:str, ax, **kw):
+    "The en/mul curve of the summary `s` against the column `x`, the axis labelled with the dotted name."
+    plot_english_ratio(s.rename(columns={x: 'english_ratio'}), ax=ax, **kw)
+    ax.set_xlabel(f'{axis_label(x)} (%)')
 
 def proportions(root) -> pd.DataFrame:
     "Per run and language, the share of training samples its mixture gave that language."
@@ -31,35 +44,36 @@ def proportions(root) -> pd.DataFrame:
             rows.append({'run_dir': m.parent.name, 'lang': lang, 'proportion': float(share)})
     return pd.DataFrame(rows, columns=['run_dir', 'lang', 'proportion'])
 
-def english_ratio_figure(df:pd.DataFrame, metrics=('exact_match', 'loglik_accuracy'), task=None):
-    "One panel per metric present: English and multilingual means with CIs against the English share."
+def english_ratio_figure(df:pd.DataFrame, metrics=('exact_match', 'loglik_accuracy'), task=None, x:str = 'data.english_ratio'):
+    "One panel per metric present: English and multilingual means with CIs against the share `x`."
     d = df if task is None else df[df.task == task]
     ms = [m for m in metrics if m in set(d.metric)]
     if not ms: raise ValueError(f'no rows with metrics {list(metrics)} to plot')
-    s = summarise(en_mul(d[d.metric.isin(ms)]), ['english_ratio', 'task', 'metric', 'lang'])
+    s = summarise(en_mul(d[d.metric.isin(ms)]), [x, 'task', 'metric', 'lang'])
     fig, axes = new_figure(1, len(ms), figsize=(5.2 * len(ms), 3.8), squeeze=False)
     for ax, m in zip(axes[0], ms):
-        plot_english_ratio(s[s.metric == m], ax=ax, title=METRIC_LABEL.get(m, m), ylabel=f'{m} (%)')
+        _plot_curve(s[s.metric == m], x, ax, title=METRIC_LABEL.get(m, m), ylabel=f'{m} (%)')
     n = int(s.n_runs.max())
-    fig.suptitle(f'English share vs score — mean and 95% t-interval over {n} seed(s) per point', fontsize=10)
+    fig.suptitle(f'{AXIS_LABEL.get(x, x)} vs score — mean and 95% t-interval over {n} seed(s) per point', fontsize=10)
     return fig, s
 
 # %% ../../nbs/54_report.ipynb #55f90c62
-def facet_keys(df:pd.DataFrame) -> list[str]:
-    "Grid columns other than the English ratio and the seed (settings a sensitivity sweep varies)."
-    known = {'run_id', 'step', 'task', 'lang', 'metric', 'value', 'n', 'run_dir', 'english_ratio', 'seed', 'source'}
-    return [c for c in df.columns if c not in known]
+RESULT_COLUMNS = {'run_id', 'step', 'task', 'lang', 'metric', 'value', 'n', 'run_dir', 'source', 'n_langs', 'mean', 'lo', 'hi', 'std', 'n_runs'}
 
-def sensitivity_figure(df:pd.DataFrame, facets:list[str], metric:str = 'exact_match'):
+def facet_keys(df:pd.DataFrame, x:str = 'data.english_ratio') -> list[str]:
+    "Grid columns other than the x axis and the seed (settings a sensitivity sweep varies)."
+    return [c for c in df.columns if c not in RESULT_COLUMNS | {x, 'seed'}]
+
+def sensitivity_figure(df:pd.DataFrame, facets:list[str], metric:str = 'exact_match', x:str = 'data.english_ratio'):
     "One English-ratio panel per combination of the `facets` settings (en and mul, mean and CI over seeds)."
     d = df[df.metric == metric]
-    s = summarise(en_mul(d), ['english_ratio', *facets, 'task', 'metric', 'lang'])
+    s = summarise(en_mul(d), [x, *facets, 'task', 'metric', 'lang'])
     combos = s[facets].drop_duplicates().sort_values(facets).to_dict('records')
     cols = min(3, math.ceil(math.sqrt(len(combos)))); rows = -(-len(combos) // cols)
     fig, axes = new_figure(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, sharey=True, layout='constrained')
     for ax, c in zip(axes.flat, combos):
         sel = s.loc[(s[facets] == pd.Series(c)).all(axis=1)]
-        plot_english_ratio(sel, ax=ax, ylabel=f'{metric} (%)')
+        _plot_curve(sel, x, ax, ylabel=f'{metric} (%)')
         ax.set_title(', '.join(f'{k} = {v}' for k, v in c.items()), fontsize=9)
     for ax in list(axes.flat)[len(combos):]: ax.set_visible(False)
     fig.suptitle(f'sensitivity of the English-ratio curve ({metric}; mean and 95% t-interval over seeds)', fontsize=10)
@@ -79,14 +93,19 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
     if df.empty: raise ValueError(f'{root}: no finished runs (no */metrics.json) to report')
     out = {'table': write_table(df, root), 'figures': {}}
     out_dir = Path(out_dir) if out_dir else figures_dir()
-    facets = facet_keys(df)
-    if 'english_ratio' in df.columns and facets:
-        fig, s = sensitivity_figure(df, facets)
+    rep = spec.report if isinstance(spec, SweepConfig) else {}
+    grid = [k for k in (spec.grid if isinstance(spec, SweepConfig) else facet_keys(df, '')) if k != 'seed']
+    x = rep.get('x') or ('data.english_ratio' if 'data.english_ratio' in grid else (grid or [''])[0])
+    facets = list(rep.get('facets') or facet_keys(df, x))
+    out['x'] = x
+    curve = x in df.columns and pd.api.types.is_numeric_dtype(df[x])   # a share or a count on the x axis (not e.g. pixmo.train_langs)
+    if curve and facets:
+        fig, s = sensitivity_figure(df, facets, x=x)
         out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
         out['figures']['sensitivity'] = save_fig(fig, name if 'sensitivity' in name else f'{name}_sensitivity', data=s, out_dir=out_dir)
         out['sensitivity'] = s
-    elif 'english_ratio' in df.columns:
-        fig, s = english_ratio_figure(df)
+    elif curve:
+        fig, s = english_ratio_figure(df, x=x)
         out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
         out['figures']['english_ratio'] = save_fig(fig, f'{name}' if name.startswith('english_ratio') else f'{name}_english_ratio', data=s, out_dir=out_dir)
         out['english_ratio'] = s
@@ -116,6 +135,6 @@ def sweep_report_cmd(spec:str,            # sweep spec YAML, or a sweep folder o
     for key in ('english_ratio', 'sensitivity'):
         if key in res:
             s = res[key]
-            idx = ['metric', *facet_keys(s.drop(columns=['mean', 'lo', 'hi', 'std', 'n_runs'])), 'lang']
-            print(s.pivot_table(index=idx, columns='english_ratio', values='mean').round(1).to_string())
+            idx = ['metric', *facet_keys(s, res['x']), 'lang']
+            print(s.pivot_table(index=idx, columns=res['x'], values='mean').round(1).to_string())
     return 0

@@ -16,7 +16,7 @@ __all__ = ['gather', 'write_table', 'en_mul', 't_quantile', 'mean_ci', 'summaris
 
 # %% ../../nbs/52_results.ipynb #08d65bcd
 def gather(root) -> pd.DataFrame:
-    "All result rows under `root` (runs/<sweep>/*/metrics.json), with each run's grid values as extra columns."
+    "All result rows under `root` (runs/<sweep>/*/metrics.json), with each run's grid values as columns named by their dotted keys."
     frames = []
     for m in sorted(Path(root).glob('*/metrics.json')):
         try: rows = read_results(m)
@@ -24,7 +24,7 @@ def gather(root) -> pd.DataFrame:
         df = pd.DataFrame([r.to_dict() for r in rows])
         pj = m.parent/'params.json'
         point = json.loads(pj.read_text()).get('point', {}) if pj.exists() else {}
-        for k, v in point.items(): df[k.split('.')[-1].lower()] = v if not isinstance(v, (list, dict)) else json.dumps(v)
+        for k, v in point.items(): df[k] = v if not isinstance(v, (list, dict)) else json.dumps(v)
         df['run_dir'] = m.parent.name
         frames.append(df)
     if not frames: return pd.DataFrame(columns=['run_id', 'step', 'task', 'lang', 'metric', 'value', 'n', 'run_dir'])

@@ -9,26 +9,29 @@ from __future__ import annotations
 import contextlib, copy, itertools, json, math, os, shlex, signal, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-from ..config import SweepConfig, ConfigError, config_hash, home_path, project_root
+from ..config import SweepConfig, RunConfig, ConfigError, config_hash, home_path, project_root
 from ..contracts import atomic_write_json, read_results, run_lock, make_once, RunBusy, _lock_owner
 
 # %% auto #0
-__all__ = ['SCHEDULING_PARAMS', 'set_path', 'run_slug', 'run_identity', 'RunPlan', 'sweep_dir', 'expand_grid', 'RunFailed',
-           'thread_env', 'execute_run']
+__all__ = ['SCHEDULING_PARAMS', 'LEGACY_KEYS', 'legacy_error', 'run_slug', 'run_identity', 'RunPlan', 'sweep_dir', 'base_config',
+           'expand_grid', 'RunFailed', 'thread_env', 'execute_run']
 
 # %% ../../nbs/50_sweep.ipynb #72266e98
-SCHEDULING_PARAMS = ('OUT_DIR', 'SHARED_DIR', 'THREADS', 'PROGRESS')  # never part of a run's identity
+SCHEDULING_PARAMS = ('SHARED_DIR', 'THREADS', 'PROGRESS')  # papermill parameters beside CONFIG; never part of a run's identity
+LEGACY_KEYS = {'ENGLISH_RATIO': 'data.english_ratio', 'SEED': 'seed', 'LANGS': 'data.langs', 'N_SAMPLES': 'data.n_samples',
+               'LANG_PROPORTIONS': 'data.lang_proportions', 'POOLS': 'data.pools', 'BATCH': 'train.micro_batch_size',
+               'BACKBONE_ENGLISH': 'pretrain.english_ratio', 'TRANSLATION_ERROR': 'data.translation_error',
+               'LEVEL': 'data.synth_level', 'WORLD_SEED': 'data.world_seed', 'FAMILIES': 'data.synth_families',
+               'EVAL_TASKS': 'eval.tasks', 'EVAL_DATA': 'eval.data', 'EVAL_IMAGES': 'eval.images', 'EVAL_N': 'eval.synthetic_n',
+               'EVAL_MODES': 'eval.modes', 'INIT_FROM': 'train.init_from', 'GPUS': 'gpus', 'PRESET': 'preset (top level of the spec)',
+               'STEPS': 'train.max_steps of each entry of stages', 'OVERRIDES': 'the field itself (train.lr, data.translation_error, ...)'}
 
-def set_path(d:dict, dotted:str, value) -> dict:
-    "Copy of `d` with `value` at the dotted key path (creating nested dicts)."
-    d = copy.deepcopy(d)
-    *head, last = dotted.split('.')
-    node = d
-    for k in head:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict): raise ConfigError(f'grid key {dotted!r}: {k!r} is not a mapping')
-    node[last] = value
-    return d
+def legacy_error(key:str, value) -> ConfigError:
+    "The one-line error for a key of the old template vocabulary, naming its dotted replacement."
+    head = next((k for k in key.split('.') if k.isupper()), key)
+    new = LEGACY_KEYS.get(head)
+    return ConfigError(f'{key} = {value!r}: old template parameter; write {head} \u2192 {new}' if new else
+                       f'{key} = {value!r}: upper-case template parameters are gone; use a dotted RunConfig field')
 
 def _fmt(v) -> str:
     if isinstance(v, bool): return str(v).lower()
@@ -37,20 +40,20 @@ def _fmt(v) -> str:
     return config_hash({'v': v}, n=6)
 
 def run_slug(point:dict) -> str:
-    "Readable part of a run id: `english_ratio0.4-seed1`."
-    return '-'.join(f'{k.split(".")[-1].lower()}{_fmt(v)}' for k, v in point.items()) or 'base'
+    "Readable part of a run id, with the dotted names of the grid: `data.english_ratio0.4-seed1`."
+    return '-'.join(f'{k}{_fmt(v)}' for k, v in point.items()) or 'base'
 
-def run_identity(params:dict) -> str:
-    "Hash of everything that decides a run's results."
-    return config_hash({k: v for k, v in params.items() if k not in SCHEDULING_PARAMS}, n=8)
+def run_identity(cfg:RunConfig) -> str:
+    "Hash of everything that decides a run's results (not its folder, name or thread count)."
+    return cfg.hash(exclude=('output_dir', 'name', 'train.threads'))[:8]
 
 # %% ../../nbs/50_sweep.ipynb #2bd5d564
 @dataclass
 class RunPlan:
-    "One run of a sweep: its grid point, full parameters and folder."
+    "One run of a sweep: its grid point, its validated config and its folder."
     index: int
-    point: dict      # the grid values of this run
-    params: dict     # every template parameter (base + point)
+    point: dict       # the grid values of this run, by dotted name
+    config: RunConfig # the run's full config (base + point), named and placed in its folder
     run_id: str
     out_dir: Path
 
@@ -66,15 +69,34 @@ def sweep_dir(spec:SweepConfig) -> Path:
     "Where a sweep's runs live: `spec.out_dir` or `$PANGEA_HOME/runs/<name>`."
     return Path(spec.out_dir) if spec.out_dir else home_path('runs', spec.name, mkdir=False)
 
+# %% ../../nbs/50_sweep.ipynb #e2179f92
+def base_config(spec:SweepConfig) -> RunConfig:
+    "The spec's `base` on top of its preset, merged per section; errors name `base.<key>`."
+    cfg = RunConfig.preset(spec.preset) if spec.preset else RunConfig()
+    d = cfg.to_dict()
+    for k, v in spec.base.items():
+        if k.split('.')[0].isupper(): raise legacy_error(f'base.{k}', v)
+        try:
+            if isinstance(d.get(k), dict) and isinstance(v, dict):
+                d[k] = {**d[k], **v}
+                RunConfig.from_dict({k: d[k]})
+            else: d[k] = v
+            RunConfig.from_dict(d)
+        except ConfigError as e: raise ConfigError(f'base.{k}: {str(e).removeprefix(f"RunConfig.{k}: ")}') from None
+    return RunConfig.from_dict(d)
+
 def expand_grid(spec:SweepConfig) -> list[RunPlan]:
-    "Every grid point of `spec` as a `RunPlan` (the cartesian product, in grid order)."
-    keys = list(spec.grid)
-    plans, root = [], sweep_dir(spec)
+    "Every grid point of `spec` as a validated `RunPlan` (the cartesian product, in grid order)."
+    keys, base, root = list(spec.grid), base_config(spec), sweep_dir(spec)
+    plans = []
     for i, values in enumerate(itertools.product(*(spec.grid[k] for k in keys))):
-        point, params = dict(zip(keys, values)), copy.deepcopy(spec.base)
-        for k, v in point.items(): params = set_path(params, k, v)
-        rid = f'{run_slug(point)}-{run_identity(params)}'
-        plans.append(RunPlan(i, point, params, rid, root/rid))
+        point, cfg = dict(zip(keys, values)), base
+        for k, v in point.items():
+            if k.split('.')[0].isupper(): raise legacy_error(k, v)
+            try: cfg = cfg.set(k, v)
+            except ConfigError as e: raise ConfigError(f'{k} = {v!r}: {e}') from None
+        rid = f'{run_slug(point)}-{run_identity(cfg)}'
+        plans.append(RunPlan(i, point, cfg.replace(name=rid, output_dir=str(root/rid)), rid, root/rid))
     ids = [p.run_id for p in plans]
     if len(set(ids)) != len(ids): raise ConfigError(f'SweepConfig.grid: duplicate runs {sorted({i for i in ids if ids.count(i) > 1})}')
     return plans
@@ -112,7 +134,8 @@ def execute_run(plan:RunPlan, template, threads:int | None = None, shared_dir=No
     if not template.exists(): raise FileNotFoundError(f'run template {template} does not exist')
     out = plan.out_dir
     with run_lock(out):
-        params = {**plan.params, 'OUT_DIR': str(out), 'THREADS': int(threads or 0)}
+        plan.config.save(out/'config.yaml')
+        params = {'CONFIG': str(out/'config.yaml'), 'THREADS': int(threads or 0), 'PROGRESS': False}
         if shared_dir is not None: params['SHARED_DIR'] = str(shared_dir)
         atomic_write_json(out/'params.json', {'run_id': plan.run_id, 'point': plan.point, 'params': params})
         with open(out/'log', 'a', encoding='utf-8') as log:

@@ -1,4 +1,4 @@
-"""Everything `nbs/sweeps/run.ipynb` does, as exported functions: parameters → run config, shared stage-0/1 models, the stage-2 mixture, training, evaluation, and the `metrics.json` that marks a run finished.
+"""Everything `nbs/sweeps/run.ipynb` does, as exported functions: run config → resolved run, shared stage-0/1 models, the stage-2 mixture, training, evaluation, and the `metrics.json` that marks a run finished.
 
 Docs: https://pangea-nb.github.io/pangea_nb/run_template.html.md"""
 
@@ -13,93 +13,57 @@ from ..contracts import atomic_write_json, write_results, ResultRow, read_jsonl,
 from ..contracts import make_once, _lock_owner
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'H100_BF16_FLOPS', 'GPU_MFU', 'CPU_EFFICIENCY', 'world_pools', 'run_params', 'build_run_config',
+__all__ = ['SHARED_RESET', 'H100_BF16_FLOPS', 'GPU_MFU', 'CPU_EFFICIENCY', 'resolve_run', 'stage2_config', 'world_pools',
            'shared_config', 'shared_key', 'shared_stages', 'build_stage2_data', 'mixture_proportions', 'train_stage2',
            'eval_world', 'evaluate', 'finish_run', 'estimate_run']
 
 # %% ../../nbs/55_run_template.ipynb #0350bbff
-DEFAULTS = dict(
-    PRESET='tiny', ENGLISH_RATIO=0.4, LANGS=['sw', 'ru', 'zh', 'ar', 'hi'], LANG_PROPORTIONS='uniform', POOLS=[],
-    N_SAMPLES=2000, STEPS={'stage0': 60, 'stage1': 100, 'stage2': 300}, BATCH=32, BACKBONE_ENGLISH=0.6,
-    TRANSLATION_ERROR=0.1, LEVEL=1, WORLD_SEED=0, FAMILIES={'vqa': 3, 'exists': 1, 'count': 1}, SEED=0, EVAL_TASKS=['synthetic'],
-    EVAL_DATA={}, EVAL_IMAGES={}, EVAL_N=60, EVAL_MODES=['generate', 'loglik'], INIT_FROM='', GPUS=0, OVERRIDES={},
-    OUT_DIR='', SHARED_DIR='', THREADS=0)
+def resolve_run(cfg:RunConfig) -> RunConfig:
+    "The run's config with what the template derives from it filled in (world languages, seeds, the synthetic pools)."
+    langs = [l for l in cfg.data.langs if l != 'en']
+    c = cfg.set('data.langs', langs).set('data.seed', cfg.seed).set('train.seed', cfg.seed)
+    if not c.data.synth_langs: c = c.set('data.synth_langs', ['en'] + langs)
+    return c if c.data.pools else c.set('data.pools', world_pools(c.data))
 
-def _apply_overrides(cfg:RunConfig, over:dict, prefix='') -> RunConfig:
-    "Set the nested dict `over` on `cfg`: mappings under a config section recurse, any other value replaces the field."
-    from pangea_nb.config import BaseConfig
-    for k, v in over.items():
-        path = f'{prefix}{k}'
-        try: cur = cfg.get(path)
-        except AttributeError: cur = None
-        cfg = _apply_overrides(cfg, v, path + '.') if isinstance(v, dict) and isinstance(cur, BaseConfig) else cfg.set(path, v)
-    return cfg
+def stage2_config(cfg:RunConfig) -> RunConfig:
+    "The config of the run's last stage: the base with the last `stages` entry applied."
+    return cfg.stage_configs()[-1]
 
 # %% ../../nbs/55_run_template.ipynb #5ae5115f
-def world_pools(data_cfg, p:dict) -> list[dict]:
-    "The synthetic pools of a run: `default_pools` on the fixed world of `WORLD_SEED`, with the run's task families."
+def world_pools(data_cfg) -> list[dict]:
+    "The synthetic pools of a run: `default_pools` on the fixed world of `data.world_seed`, with the run's task families."
     from pangea_nb.data.pools import default_pools
-    pools = default_pools(data_cfg.replace(seed=p['WORLD_SEED']))
-    return [{**q, 'families': dict(p['FAMILIES'])} for q in pools]
-
-# %% ../../nbs/55_run_template.ipynb #51a9cb75
-def run_params(**given) -> dict:
-    "The template's parameters: `DEFAULTS` with `given` (unknown names are an error naming the near ones)."
-    import difflib
-    bad = [k for k in given if k not in DEFAULTS]
-    if bad: raise ConfigError(f'unknown run parameters {bad}; near: {[difflib.get_close_matches(b, list(DEFAULTS), 1) for b in bad]}')
-    return {**copy.deepcopy(DEFAULTS), **given}
-
-def build_run_config(p:dict) -> RunConfig:
-    "The stage-2 `RunConfig` of one run from the template parameters `p`."
-    langs = [l for l in p['LANGS'] if l != 'en']
-    from pangea_nb.config import ModelConfig
-    cfg = RunConfig.preset(p['PRESET']) if p['PRESET'] in RunConfig.PRESETS else RunConfig(model=ModelConfig.preset(p['PRESET']))
-    steps = p['STEPS'].get('stage2', -1)
-    cfg = cfg.replace(stages=[], seed=p['SEED'], name=Path(p['OUT_DIR']).name if p['OUT_DIR'] else 'interactive',
-                      output_dir=str(Path(p['OUT_DIR'])/'stage2') if p['OUT_DIR'] else None)
-    cfg = cfg.set('data', {**cfg.data.to_dict(), 'english_ratio': p['ENGLISH_RATIO'], 'langs': langs, 'pools': list(p['POOLS']),
-                           'lang_proportions': p['LANG_PROPORTIONS'], 'n_samples': p['N_SAMPLES'], 'synth_level': p['LEVEL'],
-                           'synth_langs': ['en'] + langs, 'synth_families': dict(p['FAMILIES']),
-                           'translation_error': p['TRANSLATION_ERROR'], 'seed': p['SEED']})
-    cfg = cfg.set('train', {**cfg.train.to_dict(), 'stage': 2, 'seed': p['SEED'], 'micro_batch_size': p['BATCH'],
-                            'max_steps': None if steps < 0 else steps, 'init_from': p['INIT_FROM'] or None,
-                            'threads': p['THREADS'] or None})
-    cfg = cfg.set('eval', {**cfg.eval.to_dict(), 'tasks': list(p['EVAL_TASKS']), 'data': dict(p['EVAL_DATA']), 'images': dict(p['EVAL_IMAGES'])})
-    cfg = _apply_overrides(cfg, p['OVERRIDES'])
-    return cfg if cfg.data.pools else cfg.set('data.pools', world_pools(cfg.data, p))
+    pools = default_pools(data_cfg.replace(seed=data_cfg.world_seed))
+    return [{**q, 'families': dict(data_cfg.synth_families)} for q in pools]
 
 # %% ../../nbs/55_run_template.ipynb #38d7513b
-def shared_config(p:dict) -> RunConfig:
-    "The two-stage config (0: text LM on the world's text, English-dominant; 1: projector on English captions)."
-    s = p['STEPS']
-    # only what stages 0-1 depend on: not the run's English ratio, seed, mixture or evaluation
-    base = build_run_config({**p, 'OVERRIDES': {}, 'OUT_DIR': '', 'SEED': p['WORLD_SEED'], 'ENGLISH_RATIO': None, 'POOLS': [],
-                             'N_SAMPLES': 1000, 'LANG_PROPORTIONS': 'uniform', 'TRANSLATION_ERROR': 0.0, 'INIT_FROM': '',
-                             'STEPS': {'stage2': 1}, 'EVAL_TASKS': [], 'EVAL_DATA': {}, 'EVAL_IMAGES': {}})
-    base = base.replace(name='shared-stages').set('data.pools', [])
-    stages = [{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': s['stage0'], 'data.n_samples': 1000,
-               'data.english_ratio': p['BACKBONE_ENGLISH']},
-              {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': s['stage1'], 'data.n_samples': 3000, 'data.english_ratio': 1.0}]
-    stages = [st for st, k in zip(stages, ('stage0', 'stage1')) if s.get(k, 0) > 0]
-    return base.replace(stages=stages).set('train.init_from', None)
+SHARED_RESET = {'data.english_ratio': None, 'data.pools': [], 'data.lang_proportions': 'uniform', 'data.translation_error': 0.0,
+                'data.source_quotas': {}, 'train.init_from': None}   # what belongs to stage 2 alone
 
-def shared_key(p:dict) -> str:
-    "Hash of what the shared stages depend on."
-    c = shared_config(p)
-    return config_hash({k: v for k, v in c.to_dict().items() if k not in ('output_dir', 'name', 'eval')}, exclude=('train.threads',))
+def shared_config(cfg:RunConfig) -> RunConfig:
+    "The chain of the run's stages before the last, on a base holding only what they depend on."
+    ws, base = cfg.data.world_seed, cfg.replace(stages=[], name='shared-stages', output_dir=None, gpus=0, eval={'tasks': []})
+    for k, v in SHARED_RESET.items(): base = base.set(k, v)
+    base = base.replace(seed=ws).set('data.seed', ws).set('train.seed', ws)
+    return base.replace(stages=list(cfg.stages[:-1]))
+
+def shared_key(cfg:RunConfig) -> str:
+    "Hash of the shared stages' effective configs (not their folder, name or thread count)."
+    c = shared_config(cfg)
+    if not c.stages: return ''
+    return config_hash({'stages': [s.replace(output_dir=None, name='').set('train.threads', None).to_dict() for s in c.stage_configs()]})
 
 # %% ../../nbs/55_run_template.ipynb #69e3ba8b
-def shared_stages(p:dict, shared_dir, progress:bool = False, poll:float = 5.0) -> Path | None:
-    "Model folder of the shared stages (training them if nobody has); None when STEPS skips both."
+def shared_stages(cfg:RunConfig, shared_dir, progress:bool = False, poll:float = 5.0) -> Path | None:
+    "Model folder of the shared stages (training them if nobody has); None when the run has a single stage."
     from pangea_nb.train.stages import run_stages
     from pangea_nb.model.build import resolve_model_dir
-    cfg = shared_config(p)
-    if not cfg.stages: return None
-    d = Path(shared_dir)/f'stages01-{shared_key(p)}'
+    sc = shared_config(cfg)
+    if not sc.stages: return None
+    d = Path(shared_dir)/f'stages01-{shared_key(cfg)}'
     def train():
-        cfg.replace(output_dir=str(d)).save(d/'config.yaml')
-        run_stages(cfg.replace(output_dir=str(d)), d, progress=progress)
+        sc.replace(output_dir=str(d)).save(d/'config.yaml')
+        run_stages(sc.replace(output_dir=str(d)), d, progress=progress)
     make_once(d, lambda: (d/'stages.json').exists(), train, poll)   # another run training them: wait and reuse
     return resolve_model_dir(d)
 
@@ -138,12 +102,13 @@ def train_stage2(cfg:RunConfig, run_dir, pools:list[dict], init_from, gpus:int =
     return run_stage(c, out, progress=progress)
 
 # %% ../../nbs/55_run_template.ipynb #1c991afe
-def eval_world(p:dict, model_cfg, shared_dir) -> Path:
+def eval_world(cfg:RunConfig, shared_dir) -> Path:
     "The held-out synthetic test split every run is scored on (written once per world into `shared_dir`)."
     from pangea_nb.data.synth import WorldConfig, write_world
-    langs = ['en'] + [l for l in p['LANGS'] if l != 'en']
-    wc = WorldConfig(n_train=0, n_test=p['EVAL_N'] * len(langs), langs=langs, level=p['LEVEL'], families=dict(p['FAMILIES']),
-                     image_size=model_cfg.image_size, cell=model_cfg.patch_size, seed=p['WORLD_SEED'])
+    d_, m = cfg.data, cfg.model
+    langs = ['en'] + [l for l in d_.langs if l != 'en']
+    wc = WorldConfig(n_train=0, n_test=cfg.eval.synthetic_n * len(langs), langs=langs, level=d_.synth_level, families=dict(d_.synth_families),
+                     image_size=m.image_size, cell=m.patch_size, seed=d_.world_seed)
     d = Path(shared_dir)/f'eval-world-{wc.hash()}'
     make_once(d, lambda: (d/'manifest.json').exists(), lambda: write_world(d, wc, progress=False))   # the manifest is written last
     return d
@@ -154,7 +119,7 @@ def _metric_name(task:str, mode:str, metric:str) -> str:
     return 'exact_match' if task == 'synthetic' else metric
 
 # %% ../../nbs/55_run_template.ipynb #c2cc99e8
-def evaluate(model_dir, p:dict, cfg:RunConfig, run_dir, shared_dir, run_id:str, step=None, progress:bool = False) -> list[ResultRow]:
+def evaluate(model_dir, cfg:RunConfig, run_dir, shared_dir, run_id:str, step=None, progress:bool = False) -> list[ResultRow]:
     "Score the model on every task of the run in every mode; writes predictions/ and samples/; returns result rows."
     from pangea_nb.eval.tasks import get_task, select_items, resolve_images, score_predictions
     from pangea_nb.model.infer import load_predictor
@@ -163,13 +128,13 @@ def evaluate(model_dir, p:dict, cfg:RunConfig, run_dir, shared_dir, run_id:str, 
     predictor = load_predictor(str(model_dir))
     for name in cfg.eval.tasks:
         task = get_task(name)
-        data = eval_world(p, cfg.model, shared_dir) if name == 'synthetic' and name not in cfg.eval.data else cfg.eval.data.get(name)
-        if data is None: raise ConfigError(f'EVAL_DATA has no release folder for task {name!r}')
+        data = eval_world(cfg, shared_dir) if name == 'synthetic' and name not in cfg.eval.data else cfg.eval.data.get(name)
+        if data is None: raise ConfigError(f'eval.data has no release folder for task {name!r}')
         items = select_items(task, data, cfg.eval.split, cfg.eval.langs or None, cfg.eval.limit)
         items, _ = resolve_images(task, items, cfg.eval.images.get(name) or getattr(task, 'images_root', None) or data)
         per_item = {it.id: {'id': it.id, 'lang': it.lang, 'question': it.question.replace('<image>', '').strip(), 'answer': it.answer,
                             'options': [], 'images': []} for it in items}
-        for mode in p['EVAL_MODES']:
+        for mode in cfg.eval.modes or [cfg.eval.mode]:
             if mode == 'loglik' and not task.multiple_choice: continue
             f = run_dir/'predictions'/f'{name}.{mode}.jsonl'
             run_task(task, items, predictor, f, mode, cfg.eval.batch_size, cfg.eval.max_new_tokens, str(model_dir), progress)
@@ -200,10 +165,10 @@ def _write_samples(d:Path, task:str, items, per_item:dict):
             f.write(json.dumps(rec, ensure_ascii=False) + '\n')
 
 # %% ../../nbs/55_run_template.ipynb #cda86c72
-def finish_run(run_dir, rows:list[ResultRow], p:dict, started:float, **extra) -> Path:
-    "Write the run's `metrics.json` (the finished marker) atomically."
+def finish_run(run_dir, rows:list[ResultRow], cfg:RunConfig, started:float, **extra) -> Path:
+    "Write the run's `metrics.json` (the finished marker) atomically, with the run's config."
     info = {'seconds': round(time.time() - started, 1), 'finished': time.strftime('%Y-%m-%dT%H:%M:%S'), **extra.pop('run_info', {})}
-    return write_results(Path(run_dir)/'metrics.json', rows, params={k: v for k, v in p.items() if k not in ('OUT_DIR', 'SHARED_DIR')},
+    return write_results(Path(run_dir)/'metrics.json', rows, config=cfg.to_dict(),
                          run_info=info, **extra)
 
 # %% ../../nbs/55_run_template.ipynb #af5498db
@@ -223,22 +188,21 @@ def _cpu_flops(n:int = 512) -> float:
         return best
     finally: torch.set_num_threads(threads)
 
-def estimate_run(params:dict) -> dict:
-    "Estimated seconds and peak GB (per GPU, or process on CPU) of one run, with the basis of the estimate."
+def estimate_run(run:RunConfig) -> dict:
+    "Estimated seconds and peak GB (per GPU, or process on CPU) of one run's last stage, with the basis of the estimate."
     from pangea_nb.model.build import model_info
-    p = run_params(**{k: v for k, v in params.items() if k in DEFAULTS})
-    cfg = build_run_config(p)
-    gpus = max(1, p['GPUS'])
+    cfg = stage2_config(run)
+    gpus = max(1, run.gpus)
     info = model_info(cfg.model, n_gpus=gpus, stage=2)
     n_params = info['params']['total']
-    seq = info['n_image_tokens'] + (24 if not p['POOLS'] else min(cfg.train.max_length, 1024))   # synthetic QA: ~24 text tokens
-    steps = p['STEPS'].get('stage2', -1)
-    samples = p['N_SAMPLES'] if steps < 0 else steps * cfg.train.micro_batch_size * cfg.train.grad_accum * gpus
+    seq = info['n_image_tokens'] + (24 if not cfg.data.pools else min(cfg.train.max_length, 1024))   # synthetic QA: ~24 text tokens
+    steps = cfg.train.max_steps
+    samples = cfg.data.n_samples if steps is None else steps * cfg.train.micro_batch_size * cfg.train.grad_accum * gpus
     flops = 6 * n_params * samples * seq
-    if p['GPUS'] > 0: sec, basis = flops / (gpus * H100_BF16_FLOPS * GPU_MFU), f'6·N·tokens at {GPU_MFU:.0%} MFU of {gpus} H100 (bf16)'
+    if run.gpus > 0: sec, basis = flops / (gpus * H100_BF16_FLOPS * GPU_MFU), f'6·N·tokens at {GPU_MFU:.0%} MFU of {gpus} H100 (bf16)'
     else:
         # plus what is not training: kernel start and imports, the mixture (~3 ms a sample) and scoring (~30 ms an item) here
-        overhead = 15 + 0.003 * p['N_SAMPLES'] + 0.03 * p['EVAL_N'] * (1 + len(p['LANGS'])) * len(p['EVAL_MODES'])
+        overhead = 15 + 0.003 * cfg.data.n_samples + 0.03 * cfg.eval.synthetic_n * (1 + len(cfg.data.langs)) * len(cfg.eval.modes or [1])
         sec = flops / (_cpu_flops() * CPU_EFFICIENCY) + overhead
         basis = f'6·N·tokens at {CPU_EFFICIENCY:.0%} of measured 1-thread CPU matmul speed, + {overhead:.0f} s of data and scoring'
     # activations of one micro-batch (Korthikanti et al. 2022): ~34·s·b·h bytes per layer in 16-bit, ~2·s·b·h when recomputed

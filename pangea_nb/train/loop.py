@@ -24,8 +24,8 @@ __all__ = ['LORA_DEFAULTS', 'RESUME_IRRELEVANT', 'PEAK_FLOPS', 'stage_lrs', 'set
            'apply_peft', 'qlora_config', 'Schedule', 'MicroBatchPlan', 'empty_batch', 'MicroBatches', 'RankSampler',
            'resolve_precision', 'TorchEngine', 'UnsafeCheckpoint', 'weights_only_loads', 'rng_state', 'set_rng_state',
            'TrainerState', 'latest_checkpoint', 'prune_checkpoints', 'trim_jsonl', 'Trainer', 'world_size',
-           'make_engine', 'peak_flops', 'mfu', 'plot_loss', 'param_digest', 'save_adapter', 'make_reporters',
-           'read_train_logs', 'plot_curves']
+           'make_engine', 'peak_flops', 'mfu', 'NonFiniteLoss', 'check_finite_loss', 'plot_loss', 'param_digest',
+           'save_adapter', 'make_reporters', 'read_train_logs', 'plot_curves']
 
 # %% ../../nbs/30_trainer.ipynb #590a13b0
 def stage_lrs(tc:TrainConfig) -> dict:
@@ -429,6 +429,16 @@ def _evaluate(self:Trainer) -> dict:
 
 Trainer.evaluate = _evaluate
 
+# %% ../../nbs/30_trainer.ipynb #7d3c8c3b
+class NonFiniteLoss(RuntimeError):
+    "Training diverged: the loss is NaN or infinite."
+
+def check_finite_loss(st:dict, step:int, stage:int):
+    "Raise `NonFiniteLoss` when an optimizer step's loss is not finite (nothing of that step is saved)."
+    if not math.isfinite(st['loss']):
+        raise NonFiniteLoss(f"stage {stage}: loss is {st['loss']} at optimizer step {step}; stopped before saving "
+                            "(lower train.lr, or look at the data of that step)")
+
 # %% ../../nbs/30_trainer.ipynb #9119a11d
 def _log(self:Trainer, row:dict):
     if self.rank: return
@@ -457,6 +467,7 @@ def _fit(self:Trainer, progress:bool = True) -> Path:
         micro = [next(loader) for _ in range(A)]                                   # phase 1: micro-batches
         self.maybe_write_rejects(micro)
         st = self.train_step(micro)                                                 # phase 2: step
+        check_finite_loss(st, self.state.step + 1, self.tc.stage)
         s = self.state
         s.step += 1; s.micro_batches += A * self.world; s.epoch = micro[-1]['epoch']; s.elapsed += time.perf_counter() - t0
         for k in ('tokens', 'slots', 'targets', 'samples', 'skipped', 'truncated'): setattr(s, k, getattr(s, k) + st[k])

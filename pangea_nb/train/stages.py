@@ -18,10 +18,10 @@ from ..model.collate import ImageFolder
 from .loop import Trainer, plot_loss
 
 # %% auto #0
-__all__ = ['STAGE_FAMILIES', 'PROOF_LANGS', 'world_config', 'synth_samples', 'SynthImages', 'stage0_samples', 'PoolImages',
-           'stage_data', 'read_pool_samples', 'write_data_rejects', 'prepare_model', 'run_stage', 'save_backbone',
-           'qlora_model', 'run_stages', 'generate_answers', 'answer_baselines', 'synth_scores', 'proof_config',
-           'train_cli', 'proof_cli']
+__all__ = ['STAGE_FAMILIES', 'PROOF_LANGS', 'world_config', 'exact_english', 'synth_samples', 'SynthImages', 'stage0_samples',
+           'PoolImages', 'stage_data', 'read_pool_samples', 'write_data_rejects', 'prepare_model', 'run_stage',
+           'save_backbone', 'qlora_model', 'run_stages', 'generate_answers', 'answer_baselines', 'synth_scores',
+           'proof_config', 'train_cli', 'proof_cli']
 
 # %% ../../nbs/32_stages.ipynb #9c384229
 STAGE_FAMILIES = {1: {'caption': 1}}        # stage 1 = alignment on captions; stage 2 = data.synth_families or the world's mix
@@ -41,15 +41,22 @@ def _lang_for(j:int, ratio:float | None, langs:list[str], key:str, default:str) 
     others = [l for l in langs if l != 'en']
     return 'en' if u < ratio or not others else others[j % len(others)]
 
+def exact_english(js:list[int], ratio:float | None, key:str) -> set[int]:
+    "The `round(ratio·len(js))` indices of `js` with the lowest hashes: an exact English share, reproducible per index."
+    if ratio is None: return set()
+    u = lambda j: int(hashlib.sha1(f'{key}/{j}'.encode()).hexdigest()[:8], 16)
+    return set(sorted(js, key=u)[:round(ratio * len(js))])
+
 def synth_samples(cfg:RunConfig, split:str = 'train', n:int | None = None) -> list[Sample]:
     "The world's samples for the run's stage (`n` defaults to `data.n_samples`, a fifth of it for test)."
     from pangea_nb.data.synth import draw_spec, render_spec
     wc = world_config(cfg, n)
     n = n or (wc.n_train if split == 'train' else wc.n_test)
+    specs, ratio, key = [draw_spec(wc, split, j) for j in range(n)], cfg.data.english_ratio, f'{wc.seed}/{split}'
+    en = exact_english([j for j, s in enumerate(specs) if s['family'] != 'ocr'], ratio, key)   # OCR text keeps its script
     out = []
-    for j in range(n):
-        spec = draw_spec(wc, split, j)
-        lang = spec['lang'] if spec['family'] == 'ocr' else _lang_for(j, cfg.data.english_ratio, wc.lang_list, f'{wc.seed}/{split}', spec['lang'])
+    for j, spec in enumerate(specs):
+        lang = spec['lang'] if spec['family'] == 'ocr' else _lang_for(j, None if ratio is None else float(j in en), wc.lang_list, key, spec['lang'])
         out.append(render_spec(spec, lang))
     return out
 
@@ -61,10 +68,10 @@ class SynthImages:
 
 # %% ../../nbs/32_stages.ipynb #2fa4ec80
 def stage0_samples(cfg:RunConfig, n_docs:int | None = None, lines_per_doc:int = 8, split:str = 'train') -> list[Sample]:
-    "Text-only documents from the world's text, English share `data.english_ratio` (0.5 when unset)."
+    "Text-only documents from the world's text, English share `pretrain.english_ratio` (per document, approximate)."
     from pangea_nb.data.synth import draw_spec, render_spec
     wc = world_config(cfg.set('train.stage', 2))
-    langs, ratio = wc.lang_list, 0.5 if cfg.data.english_ratio is None else cfg.data.english_ratio
+    langs, ratio = wc.lang_list, cfg.pretrain.english_ratio
     n_docs = n_docs or cfg.data.n_samples
     out, i = [], 0
     for k in range(n_docs):
