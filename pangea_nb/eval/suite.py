@@ -26,10 +26,11 @@ __all__ = ['BUNDLES', 'read_suite_yaml', 'load_suite', 'suite_tasks', 'FewShot',
 
 # %% ../../nbs/4j_eval_suite.ipynb #33b35758
 def read_suite_yaml(path) -> dict:
-    "The mapping in the YAML file `path` (`yaml.safe_load`: no Python objects)."
+    "The mapping in the YAML file `path`, read by the project's bounded loader (`config.load_yaml`: size, depth and alias limits, no Python objects)."
+    from pangea_nb.config import load_yaml
     p = Path(path)
     if not p.is_file(): raise FileNotFoundError(f'suite file {p} does not exist')
-    d = yaml.safe_load(p.read_text(encoding='utf-8'))
+    d = load_yaml(p, f'suite file {p}')
     if not isinstance(d, dict) or not d: raise ValueError(f'{p}: a suite file maps each task to its data root (task: /path), got {type(d).__name__}')
     return d
 
