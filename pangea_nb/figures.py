@@ -71,7 +71,7 @@ def plot_lang_task_heatmap(df:pd.DataFrame, ax=None, value:str = 'value', title:
     from pangea_nb.contracts import plot_style
     d = df.copy()
     if facet in d.columns and d[facet].nunique() > 1:               # one column per task and share: mean over seeds only
-        d['task'] = [f'{t}\n{100 * f:g}% en' if facet == 'english_ratio' else f'{t}\n{facet}={f}' for t, f in zip(d.task, d[facet])]
+        d['task'] = [f'{t}\n{100 * f:g}% en' if facet.endswith('english_ratio') else f'{t}\n{facet}={f}' for t, f in zip(d.task, d[facet])]
         d = d.sort_values([facet, 'task'])
     piv = d.pivot_table(index='lang', columns='task', values=value, aggfunc='mean', sort=False)
     ax = _ax(ax, figsize=(1.2 + 0.9 * piv.shape[1], 0.8 + 0.35 * piv.shape[0]))

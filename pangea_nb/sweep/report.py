@@ -120,9 +120,11 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
                                      ylabel=f'{per_metric(df)} (%)')
             out['figures']['proportion'] = save_fig(fig, f'{name}_proportion_vs_score', data=per, out_dir=out_dir)
     hm = df[df.metric == per_metric(df)]
+    by = ['lang', 'task'] + ([x] if curve and hm[x].nunique() > 1 else [])       # each x value its own columns: mean over seeds only
     fig, ax = new_figure()
-    plot_lang_task_heatmap(hm, ax=ax, title=f'{hm.metric.iloc[0]}, mean over runs')
-    out['figures']['heatmap'] = save_fig(fig, f'{name}_lang_task', data=hm.groupby(['lang', 'task'], as_index=False).value.mean(), out_dir=out_dir)
+    plot_lang_task_heatmap(hm, ax=ax, facet=x if len(by) == 3 else '',
+                           title=f'{hm.metric.iloc[0]}, mean over seeds' + (f' at each {x}' if len(by) == 3 else ' and runs'))
+    out['figures']['heatmap'] = save_fig(fig, f'{name}_lang_task', data=hm.groupby(by, as_index=False).value.mean(), out_dir=out_dir)
     return out
 
 def sweep_report_cmd(spec:str,            # sweep spec YAML, or a sweep folder of runs
