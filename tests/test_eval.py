@@ -370,3 +370,20 @@ def test_synthetic_task_run_and_score(tiny_ckpt, tmp_path, capsys):
     assert code == 0 and res['summary']['missing'] == 0 and scored == 24
     per_lang = {x['lang']: (x['value'], x['n']) for x in res['results'] if x['lang'] != 'mul'}
     assert sum(v * n / 100 for v, n in per_lang.values()) == pytest.approx(right)
+
+
+# ---------------------------------------------------------------- published numbers, as transcribed
+def test_published_numbers_match_paper_numbers(shared):
+    "Every Pangea-7B row of PAPER_NUMBERS.md's PangeaBench table is in `PUBLISHED` with the file's en/mul."
+    import re
+    from pangea_nb.eval.cli import PUBLISHED, published_for
+    text = (shared / 'PAPER_NUMBERS.md').read_text()
+    rows = {'xChatBench': 'xchat', 'M-LLaVA-Bench': 'mllava', 'CVQA': 'cvqa', 'MaRVL': 'marvl', 'XM100': 'xm100',
+            'xGQA': 'xgqa', 'MaXM': 'maxm', 'xMMMU': 'xmmmu', 'M3Exam': 'm3exam', '**multimodal average**': 'multimodal_average'}
+    for name, task in rows.items():
+        m = re.search(r'^\| ' + re.escape(name) + r'[^|]*\|[^|]*\| \**([\d.]+) / ([\d.]+)\** \|$', text, re.M)
+        assert m, f'PAPER_NUMBERS.md has no Pangea-7B row for {name}'
+        assert PUBLISHED['pangea-7b'][task] == (float(m[1]), float(m[2])), task
+    flat = ' '.join(text.split())
+    assert 'MGSM 82.0/47.4 vs 48.8/40.4' in flat and published_for('Pangea-7B')['mgsm'] == (82.0, 47.4)
+    assert 'GPT-4o 68.6/64.6' in flat and PUBLISHED['gpt-4o']['multimodal_average'] == (68.6, 64.6)

@@ -203,9 +203,19 @@ def eval_score(task:str=None,          # benchmark name
     return res
 
 # %% ../../nbs/45_eval_cli.ipynb #34c1b33b
-PUBLISHED = {  # Pangea arXiv 2410.16153 (../shared/PAPER_NUMBERS.md): {model: {task: (en, mul)}} of the headline metric
-    'pangea-7b': {'marvl': (87.0, 79.0), 'xgqa': (64.7, 60.2), 'mgsm': (82.0, 47.4)},
-    'qwen2-7b-instruct': {'mgsm': (48.8, 40.4)},
+PUBLISHED = {  # Pangea arXiv 2410.16153 (../shared/PAPER_NUMBERS.md): {model: {task: (en, mul)}} of each task's primary metric
+    'pangea-7b': {'xchat': (46.0, 35.6), 'mllava': (84.2, 89.5), 'cvqa': (64.4, 57.2), 'marvl': (87.0, 79.0),
+                  'xm100': (30.4, 14.2), 'xgqa': (64.7, 60.2), 'maxm': (55.3, 53.2), 'xmmmu': (45.7, 43.7),
+                  'm3exam': (61.4, 42.1), 'mgsm': (82.0, 47.4),
+                  'multimodal_average': (59.9, 52.7), 'text_average': (72.8, 54.3)},
+    'qwen2-7b-instruct': {'mgsm': (48.8, 40.4), 'text_average': (66.6, 54.5)},
+    'llava-ov-7b': {'multimodal_average': (59.5, 41.3)},      # the baselines: only the multimodal average is given
+    'llama3.2-11b': {'multimodal_average': (57.2, 41.9)},
+    'molmo-7b-d': {'multimodal_average': (55.4, 34.1)},
+    'llava-next-7b': {'multimodal_average': (51.1, 32.7)},
+    'palo-7b': {'multimodal_average': (46.3, 32.2)},
+    'gpt-4o': {'multimodal_average': (68.6, 64.6)},
+    'gemini-1.5-pro': {'multimodal_average': (67.1, 62.5)},
 }
 
 def published_for(model) -> dict:
