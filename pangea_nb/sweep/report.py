@@ -8,20 +8,128 @@ Docs: https://pangea-nb.github.io/pangea_nb/report.html.md"""
 from __future__ import annotations
 import json, math
 from pathlib import Path
-import pandas as pd
+import numpy as np, pandas as pd
 from ..config import SweepConfig, figures_dir
 from ..contracts import save_fig, new_figure, atomic_write_text
 from .results import gather, write_table, en_mul, summarise
+from ..contracts import read_jsonl
+from ..eval.tasks import get_task
+from ..eval.stats import t_interval, resample_indices, lang_rng, mean_aggregate
+from .template import _metric_name
 from .runner import sweep_dir
 from ..figures import plot_english_ratio, plot_proportion_vs_score, plot_lang_task_heatmap
 
 # %% auto #0
-__all__ = ['METRIC_LABEL', 'AXIS_LABEL', 'RESULT_COLUMNS', 'axis_label', 'proportions', 'english_ratio_figure', 'facet_keys',
-           'sensitivity_figure', 'per_metric', 'report_sweep', 'sweep_report_cmd']
+__all__ = ['METRIC_LABEL', 'AXIS_LABEL', 'RESULT_COLUMNS', 'metric_mode', 'primary_metric', 'primary_rows', 'task_rows',
+           'average_rows', 'item_scores', 'run_bootstrap', 'report_summary', 'axis_label', 'proportions',
+           'curve_panels', 'panel_title', 'english_ratio_figure', 'facet_keys', 'sensitivity_figure', 'per_metric',
+           'report_sweep', 'sweep_report_cmd']
+
+# %% ../../nbs/54_report.ipynb #00cf0401
+def metric_mode(metric:str) -> str:
+    "The mode a result row was scored in: ranking options by likelihood (`loglik_*`) or generating the answer."
+    return 'loglik' if str(metric).startswith('loglik_') else 'generate'
+
+def primary_metric(task:str, mode:str, present=()) -> str:
+    "The metric `task` is reported by in `mode`; `present`: the metrics its rows have (for a task outside the registry)."
+    try: own = get_task(task).metric
+    except ValueError:                                   # a bring-your-own task: its one metric in that mode
+        ms = sorted({m for m in present if metric_mode(m) == mode and m != 'loglik_accuracy_norm'})
+        if len(ms) == 1: return ms[0]
+        raise ValueError(f'task {task!r} is not in the task registry and its {mode} rows have metrics {ms}: '
+                         'its primary metric cannot be told') from None
+    return _metric_name(task, mode, own)                 # the names the run template gives its rows
+
+# %% ../../nbs/54_report.ipynb #00ff3fa8
+def primary_rows(df:pd.DataFrame) -> pd.DataFrame:
+    "Each task's primary-metric rows in every mode it was scored in, with the mode as a column."
+    d = df.assign(mode=df.metric.map(metric_mode))
+    parts = [g[g.metric == primary_metric(task, mode, set(g.metric))] for (task, mode), g in d.groupby(['task', 'mode'])]
+    return pd.concat(parts, ignore_index=True) if parts else d.iloc[:0]
+
+def task_rows(p:pd.DataFrame, keys:list) -> pd.DataFrame:
+    "Per run, task and mode of the primary rows `p`: English, 'mul' (non-English mean) and each language's score."
+    cols = ['run_dir', *keys, 'task', 'metric', 'mode']
+    em = en_mul(p[cols + ['lang', 'value']])[cols + ['lang', 'value']]
+    per = p.loc[~p.lang.isin(['en', 'mul', 'all']), cols + ['lang', 'value']]
+    return pd.concat([em, per], ignore_index=True)
+
+# %% ../../nbs/54_report.ipynb #6699a57d
+def average_rows(t:pd.DataFrame, keys:list) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(averages, missing): per run, mode and en/mul, the mean over the sweep's tasks in that mode; a run missing one gets none."
+    t = t[t.lang.isin(['en', 'mul'])]
+    expected = {k: set(g.task) for k, g in t.groupby(['mode', 'lang'])}          # what the sweep scored
+    have = {k: dict(zip(g.task, g.value)) for k, g in t.groupby(['run_dir', 'mode', 'lang'])}
+    avg, missing = [], []
+    for run in t[['run_dir', *keys]].drop_duplicates('run_dir').to_dict('records'):
+        for (mode, lang), want in sorted(expected.items()):
+            got = have.get((run['run_dir'], mode, lang), {})
+            if want <= set(got):
+                avg.append({**run, 'task': 'average', 'metric': mode, 'mode': mode, 'lang': lang,
+                            'value': float(np.mean([got[k] for k in sorted(want)]))})
+            else: missing.append({**run, 'mode': mode, 'lang': lang, 'missing_tasks': ', '.join(sorted(want - set(got)))})
+    return pd.DataFrame(avg, columns=['run_dir', *keys, 'task', 'metric', 'mode', 'lang', 'value']), \
+           pd.DataFrame(missing, columns=['run_dir', *keys, 'mode', 'lang', 'missing_tasks'])
+
+# %% ../../nbs/54_report.ipynb #0e6abc05
+def item_scores(run:Path, task:str, mode:str, reported:dict) -> dict | None:
+    "{lang: per-item scores (0-100)} of a run's task in `mode` from its samples, or None when they are not the reported numbers."
+    f = Path(run)/'samples'/f'{task}.jsonl'
+    try: mean_task = mean_aggregate(get_task(task))
+    except ValueError: return None                       # outside the registry: no per-item reading
+    if not (mean_task and f.is_file()): return None
+    key, out = ('correct' if mode == 'generate' else f'{mode}_correct'), {}
+    for r in read_jsonl(f):
+        if r.get(key) is None: return None
+        out.setdefault(r['lang'], []).append(100.0 * float(r[key]))
+    ok = set(out) == set(reported) and all(abs(np.mean(out[l]) - reported[l]) < 1e-6 for l in out)
+    return {l: np.asarray(v) for l, v in out.items()} if ok else None
+
+def run_bootstrap(run:Path, t:pd.DataFrame, averages:pd.DataFrame, level:float = 0.95, n_boot:int = 1000, seed:int = 0) -> dict:
+    "Item-bootstrap (lo, hi) of one run's rows: {(task, metric, lang): (lo, hi)} for its tasks and its averages."
+    q, out, agg = [(1 - level) / 2, (1 + level) / 2], {}, {}
+    for (task, metric, mode), g in t.groupby(['task', 'metric', 'mode']):
+        reported = {l: v for l, v in zip(g.lang, g.value) if l != 'mul'}
+        sc = item_scores(run, task, mode, reported)
+        if sc is None: continue
+        boots = {l: np.concatenate([a[ix].mean(axis=1) for ix in resample_indices(len(a), n_boot, lang_rng(seed, f'{task}/{l}'))])
+                 for l, a in sc.items()}
+        if len(non := [b for l, b in boots.items() if l != 'en']): boots['mul'] = np.mean(non, axis=0)
+        for l, b in boots.items():
+            out[(task, metric, l)] = tuple(np.quantile(b, q))
+            agg[(task, mode, l)] = b
+    for a in averages.itertuples():                      # the average's resample: the mean of its tasks' resamples
+        tasks = t[(t['mode'] == a.mode) & (t.lang == a.lang)].task.unique()
+        if all((k, a.mode, a.lang) in agg for k in tasks):
+            out[('average', a.metric, a.lang)] = tuple(np.quantile(np.mean([agg[(k, a.mode, a.lang)] for k in tasks], axis=0), q))
+    return out
+
+# %% ../../nbs/54_report.ipynb #203bd056
+def report_summary(df:pd.DataFrame, x:str, facets=(), root=None, level:float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(summary, missing): per point and series the mean over seeds with its interval (t with >= 2 seeds, item bootstrap with 1)."
+    keys = [x, *facets]
+    t = task_rows(primary_rows(df), keys)
+    avg, missing = average_rows(t, keys)
+    runs = pd.concat([avg, t], ignore_index=True)
+    boot = {}                                            # run -> its bootstrap bounds, computed only where one seed is all there is
+    rows = []
+    for key, g in runs.groupby([*keys, 'task', 'metric', 'lang'], dropna=False):
+        rec = dict(zip([*keys, 'task', 'metric', 'lang'], key))
+        if len(g) >= 2: iv = t_interval(g.value, level); lo, hi = iv.lo, iv.hi
+        else:
+            run = g.run_dir.iloc[0]
+            if run not in boot:
+                boot[run] = run_bootstrap(Path(root)/run, t[t.run_dir == run], avg[avg.run_dir == run], level) if root else {}
+            lo, hi = boot[run].get((rec['task'], rec['metric'], rec['lang']), (math.nan, math.nan))
+        rows.append({**rec, 'mean': float(g.value.mean()), 'lo': float(lo), 'hi': float(hi), 'n_runs': len(g)})
+    s = pd.DataFrame(rows, columns=[*keys, 'task', 'metric', 'lang', 'mean', 'lo', 'hi', 'n_runs'])
+    order = s.task.ne('average').astype(int)             # the averages first, then the tasks by name
+    s = s.assign(_o=order).sort_values(['_o', 'task', 'metric', *keys, 'lang'], kind='stable').drop(columns='_o')
+    return s.reset_index(drop=True), missing
 
 # %% ../../nbs/54_report.ipynb #132ddd96
 METRIC_LABEL = {'exact_match': 'exact match (generated answer)', 'loglik_accuracy': 'likelihood accuracy (best option)',
-                'accuracy': 'accuracy'}
+                'accuracy': 'accuracy', 'generate': 'generated answers', 'loglik': 'likelihood ranking'}
 
 AXIS_LABEL = {'data.english_ratio': 'English share of stage-2 data', 'pretrain.english_ratio': 'English share of stage-0 text',
               'data.translation_error': 'translation error rate', 'mixture.share': "the language's share of the training mixture",
@@ -44,18 +152,36 @@ def proportions(root) -> pd.DataFrame:
             rows.append({'run_dir': m.parent.name, 'lang': lang, 'proportion': float(share)})
     return pd.DataFrame(rows, columns=['run_dir', 'lang', 'proportion'])
 
-def english_ratio_figure(df:pd.DataFrame, metrics=('exact_match', 'loglik_accuracy'), task=None, x:str = 'data.english_ratio'):
-    "One panel per metric present: English and multilingual means with CIs against the share `x`."
-    d = df if task is None else df[df.task == task]
-    ms = [m for m in metrics if m in set(d.metric)]
-    if not ms: raise ValueError(f'no rows with metrics {list(metrics)} to plot')
-    s = summarise(en_mul(d[d.metric.isin(ms)]), [x, 'task', 'metric', 'lang'])
-    fig, axes = new_figure(1, len(ms), figsize=(5.2 * len(ms), 3.8), squeeze=False)
-    for ax, m in zip(axes[0], ms):
-        _plot_curve(s[s.metric == m], x, ax, title=METRIC_LABEL.get(m, m), ylabel=f'{m} (%)')
+# %% ../../nbs/54_report.ipynb #704f0ed0
+def curve_panels(s:pd.DataFrame) -> list[tuple[str, str]]:
+    "The (task, metric) panels of a summary: each mode's average, then each task's primary metric when there are several tasks."
+    avg = [('average', m) for m in ('generate', 'loglik') if ((s.task == 'average') & (s.metric == m)).any()]
+    tasks = [tuple(r) for r in s.loc[s.task != 'average', ['task', 'metric']].drop_duplicates().values.tolist()]
+    return avg + (tasks if len({t for t, _ in tasks}) > 1 else [])
+
+def panel_title(s:pd.DataFrame, task:str, metric:str) -> str:
+    "What a panel shows: a task and its metric, or a mode's average and the tasks in it."
+    if task != 'average': return f'{task}: {METRIC_LABEL.get(metric, metric)}'
+    inner = s.loc[(s.task != 'average') & (s.metric.map(metric_mode) == metric), ['task', 'metric']].drop_duplicates()
+    if len(inner) == 1: return f'{inner.task.iloc[0]}: {METRIC_LABEL.get(inner.metric.iloc[0], inner.metric.iloc[0])}'
+    return f'average over {len(inner)} tasks ({METRIC_LABEL[metric]})'
+
+def english_ratio_figure(s:pd.DataFrame, x:str = 'data.english_ratio'):
+    "English and mul means with intervals against `x`, one panel per average and task of the summary `s`; returns (fig, rows drawn)."
+    panels = curve_panels(s)
+    if not panels: raise ValueError('the summary has no averages or tasks to plot')
+    cols = min(3, len(panels)); rows = -(-len(panels) // cols)
+    fig, axes = new_figure(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    drawn = []
+    for ax, (task, metric) in zip(axes.flat, panels):
+        sel = s[(s.task == task) & (s.metric == metric) & s.lang.isin(['en', 'mul'])]
+        _plot_curve(sel, x, ax, title=panel_title(s, task, metric), ylabel='score (published scale)')
+        drawn.append(sel)
+    for ax in list(axes.flat)[len(panels):]: ax.set_visible(False)
     n = int(s.n_runs.max())
-    fig.suptitle(f'{AXIS_LABEL.get(x, x)} vs score — mean and 95% t-interval over {n} seed(s) per point', fontsize=10)
-    return fig, s
+    fig.suptitle(f'{AXIS_LABEL.get(x, x)} vs score \u2014 mean over {n} seed(s) per point, 95% '
+                 + ('t-interval over seeds' if n > 1 else 'item-bootstrap interval'), fontsize=10)
+    return fig, pd.concat(drawn, ignore_index=True)
 
 # %% ../../nbs/54_report.ipynb #55f90c62
 RESULT_COLUMNS = {'run_id', 'step', 'task', 'lang', 'metric', 'value', 'n', 'run_dir', 'source', 'n_langs', 'mean', 'lo', 'hi', 'std', 'n_runs'}
@@ -64,19 +190,19 @@ def facet_keys(df:pd.DataFrame, x:str = 'data.english_ratio') -> list[str]:
     "Grid columns other than the x axis and the seed (settings a sensitivity sweep varies)."
     return [c for c in df.columns if c not in RESULT_COLUMNS | {x, 'seed'}]
 
-def sensitivity_figure(df:pd.DataFrame, facets:list[str], metric:str = 'exact_match', x:str = 'data.english_ratio'):
-    "One English-ratio panel per combination of the `facets` settings (en and mul, mean and CI over seeds)."
-    d = df[df.metric == metric]
-    s = summarise(en_mul(d), [x, *facets, 'task', 'metric', 'lang'])
+def sensitivity_figure(s:pd.DataFrame, facets:list[str], mode:str = 'generate', x:str = 'data.english_ratio'):
+    "One panel per combination of the `facets` settings: the `mode` average's en and mul of the summary `s`; returns (fig, rows drawn)."
+    s = s[(s.task == 'average') & (s.metric == mode) & s.lang.isin(['en', 'mul'])]
+    if s.empty: raise ValueError(f'the summary has no {mode} averages to plot')
     combos = s[facets].drop_duplicates().sort_values(facets).to_dict('records')
     cols = min(3, math.ceil(math.sqrt(len(combos)))); rows = -(-len(combos) // cols)
     fig, axes = new_figure(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False, sharey=True, layout='constrained')
     for ax, c in zip(axes.flat, combos):
         sel = s.loc[(s[facets] == pd.Series(c)).all(axis=1)]
-        _plot_curve(sel, x, ax, ylabel=f'{metric} (%)')
+        _plot_curve(sel, x, ax, ylabel=f'{mode} average (published scale)')
         ax.set_title(', '.join(f'{k} = {v}' for k, v in c.items()), fontsize=9)
     for ax in list(axes.flat)[len(combos):]: ax.set_visible(False)
-    fig.suptitle(f'sensitivity of the English-ratio curve ({metric}; mean and 95% t-interval over seeds)', fontsize=10)
+    fig.suptitle(f'sensitivity of the English-ratio curve (average over tasks, {METRIC_LABEL[mode]}; mean and 95% interval over seeds)', fontsize=10)
     return fig, s
 
 # %% ../../nbs/54_report.ipynb #139d0e0f
@@ -97,18 +223,22 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
     grid = [k for k in (spec.grid if isinstance(spec, SweepConfig) else facet_keys(df, '')) if k != 'seed']
     x = rep.get('x') or ('data.english_ratio' if 'data.english_ratio' in grid else (grid or [''])[0])
     facets = list(rep.get('facets') or facet_keys(df, x))
-    out['x'] = x
+    out['x'], out['facets'] = x, facets
     curve = x in df.columns and pd.api.types.is_numeric_dtype(df[x])   # a share or a count on the x axis (not e.g. pixmo.train_langs)
-    if curve and facets:
-        fig, s = sensitivity_figure(df, facets, x=x)
+    if curve:                                                          # the paper's aggregation (above), then its figure
+        s, missing = report_summary(df, x, facets, root=root)
         out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
-        out['figures']['sensitivity'] = save_fig(fig, name if 'sensitivity' in name else f'{name}_sensitivity', data=s, out_dir=out_dir)
-        out['sensitivity'] = s
-    elif curve:
-        fig, s = english_ratio_figure(df, x=x)
-        out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
-        out['figures']['english_ratio'] = save_fig(fig, f'{name}' if name.startswith('english_ratio') else f'{name}_english_ratio', data=s, out_dir=out_dir)
-        out['english_ratio'] = s
+        out['missing_averages'] = missing
+        if len(missing): out['missing'] = atomic_write_text(root/'missing_averages.csv', missing.to_csv(index=False))
+        else: (root/'missing_averages.csv').unlink(missing_ok=True)   # a rerun with every task present leaves no stale list
+        if facets:
+            fig, drawn = sensitivity_figure(s, facets, x=x)
+            out['figures']['sensitivity'] = save_fig(fig, name if 'sensitivity' in name else f'{name}_sensitivity', data=drawn, out_dir=out_dir)
+            out['sensitivity'] = s
+        else:
+            fig, drawn = english_ratio_figure(s, x=x)
+            out['figures']['english_ratio'] = save_fig(fig, f'{name}' if name.startswith('english_ratio') else f'{name}_english_ratio', data=drawn, out_dir=out_dir)
+            out['english_ratio'] = s
     props = proportions(root)
     if len(props):
         per = df[df.metric == per_metric(df)].merge(props, on=['run_dir', 'lang'])
@@ -119,11 +249,13 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
             plot_proportion_vs_score(per, ax=ax, title='training share vs score per language (mean over the runs at each share)',
                                      ylabel=f'{per_metric(df)} (%)')
             out['figures']['proportion'] = save_fig(fig, f'{name}_proportion_vs_score', data=per, out_dir=out_dir)
-    hm = df[df.metric == per_metric(df)]
+    prim = primary_rows(df)
+    hm = prim[prim['mode'] == ('generate' if (prim['mode'] == 'generate').any() else 'loglik')]   # every task, its own metric
     by = ['lang', 'task'] + ([x] if curve and hm[x].nunique() > 1 else [])       # each x value its own columns: mean over seeds only
     fig, ax = new_figure()
+    what = hm.metric.iloc[0] if hm.metric.nunique() == 1 else f"each task's primary metric ({hm['mode'].iloc[0]})"
     plot_lang_task_heatmap(hm, ax=ax, facet=x if len(by) == 3 else '',
-                           title=f'{hm.metric.iloc[0]}, mean over seeds' + (f' at each {x}' if len(by) == 3 else ' and runs'))
+                           title=f'{what}, mean over seeds' + (f' at each {x}' if len(by) == 3 else ' and runs'))
     out['figures']['heatmap'] = save_fig(fig, f'{name}_lang_task', data=hm.groupby(by, as_index=False).value.mean(), out_dir=out_dir)
     return out
 
@@ -136,7 +268,8 @@ def sweep_report_cmd(spec:str,            # sweep spec YAML, or a sweep folder o
     for k, v in res['figures'].items(): print(f'figure {k}: {v["png"]}')
     for key in ('english_ratio', 'sensitivity'):
         if key in res:
-            s = res[key]
-            idx = ['metric', *facet_keys(s, res['x']), 'lang']
-            print(s.pivot_table(index=idx, columns=res['x'], values='mean').round(1).to_string())
+            s = res[key][res[key].lang.isin(['en', 'mul'])]
+            print(s.pivot_table(index=[*res['facets'], 'task', 'metric', 'lang'], columns=res['x'], values='mean', sort=False).round(1).to_string())
+    for r in res.get('missing_averages', pd.DataFrame()).itertuples():
+        print(f'no {r.mode} average ({r.lang}) for run {r.run_dir}: it has no {r.lang} score of {r.missing_tasks}')
     return 0

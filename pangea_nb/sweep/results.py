@@ -12,7 +12,18 @@ import numpy as np, pandas as pd
 from ..contracts import read_results, atomic_write_text
 
 # %% auto #0
-__all__ = ['gather', 'write_table', 'en_mul', 't_quantile', 'mean_ci', 'summarise']
+__all__ = ['LANG_COLUMNS', 'language_columns', 'gather', 'write_table', 'en_mul', 't_quantile', 'mean_ci', 'summarise']
+
+# %% ../../nbs/52_results.ipynb #da6e2ee2
+LANG_COLUMNS = ('script', 'resource_level')       # registry facts about a row's language, never grid settings
+
+def language_columns(df:pd.DataFrame) -> pd.DataFrame:
+    "`df` with `script` (ISO 15924 codes, space-separated) and `resource_level` of each row's language; empty for mul/all."
+    from pangea_nb.languages import get_language
+    from pangea_nb.contracts import AGGREGATE_LANGS
+    facts = {l: (None, None) if l in AGGREGATE_LANGS else (' '.join(get_language(l).scripts), get_language(l).resource_level)
+             for l in df['lang'].unique()} if len(df) else {}
+    return df.assign(script=[facts[l][0] for l in df['lang']], resource_level=[facts[l][1] for l in df['lang']])
 
 # %% ../../nbs/52_results.ipynb #08d65bcd
 def gather(root) -> pd.DataFrame:
@@ -31,8 +42,8 @@ def gather(root) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 def write_table(df:pd.DataFrame, root, name='results') -> dict:
-    "Save the gathered table as CSV and Parquet beside the runs."
-    root = Path(root)
+    "Save the gathered table, with each language's script and resource level, as CSV and Parquet beside the runs."
+    root, df = Path(root), language_columns(df)
     paths = {'csv': atomic_write_text(root/f'{name}.csv', df.to_csv(index=False))}
     df.to_parquet(root/f'{name}.parquet', index=False); paths['parquet'] = root/f'{name}.parquet'
     return paths
@@ -40,7 +51,7 @@ def write_table(df:pd.DataFrame, root, name='results') -> dict:
 # %% ../../nbs/52_results.ipynb #795a73b1
 def en_mul(df:pd.DataFrame, keys=('task', 'metric')) -> pd.DataFrame:
     "Per run (and `keys`): the English score and the unweighted mean over non-English languages, as lang 'en'/'mul'."
-    group_cols = [c for c in df.columns if c not in ('lang', 'value', 'n', 'step', 'run_id')]
+    group_cols = [c for c in df.columns if c not in ('lang', 'value', 'n', 'step', 'run_id', *LANG_COLUMNS)]
     rows = []
     for key, g in df.groupby(group_cols, dropna=False):
         base = dict(zip(group_cols, key if isinstance(key, tuple) else (key,)))
