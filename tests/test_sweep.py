@@ -117,6 +117,13 @@ def test_template_through_papermill_and_report(tmp_path):
     import pandas as pd
     assert 'data.english_ratio' in pd.read_csv(tmp_path/'runs'/'results.csv').columns
     assert list(pd.read_csv(tmp_path/'figs'/'english_ratio.csv').columns)[0] == 'data.english_ratio' 
+    # one seed: the report's intervals are the run's item bootstrap, read back from its samples (nbs/54_report)
+    summ = pd.read_csv(tmp_path/'runs'/'summary.csv')
+    assert list(summ.columns) == ['data.english_ratio', 'task', 'metric', 'lang', 'mean', 'lo', 'hi', 'n_runs']
+    avg = summ[summ.task == 'average']
+    assert set(avg.metric) == {'generate', 'loglik'} and (avg.n_runs == 1).all()
+    assert avg[['lo', 'hi']].notna().all().all() and (avg.lo <= avg['mean']).all() and (avg['mean'] <= avg.hi).all()
+    assert {'script', 'resource_level'} <= set(pd.read_csv(tmp_path/'runs'/'results.csv').columns)
 
 @pytest.mark.slow
 def test_sweep_killed_then_resumed(tmp_path):
