@@ -171,7 +171,7 @@ def english_ratio_figure(s:pd.DataFrame, x:str = 'data.english_ratio'):
     panels = curve_panels(s)
     if not panels: raise ValueError('the summary has no averages or tasks to plot')
     cols = min(3, len(panels)); rows = -(-len(panels) // cols)
-    fig, axes = new_figure(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+    fig, axes = new_figure(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False, layout='constrained')
     drawn = []
     for ax, (task, metric) in zip(axes.flat, panels):
         sel = s[(s.task == task) & (s.metric == metric) & s.lang.isin(['en', 'mul'])]
