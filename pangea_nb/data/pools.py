@@ -189,7 +189,7 @@ class SynthPool(Pool):
         self.n = int(spec.get('n', 2000))
         self.world = WorldConfig(n_train=self.n, langs=[self.src] if self.src else self.langs, level=int(spec.get('level', 1)),
                                  seed=int(spec.get('seed', 0)), families=dict(spec.get('families', {})),
-                                 image_size=int(spec.get('image_size', 64)))
+                                 image_size=int(spec.get('image_size', 64)), cell=int(spec.get('cell', 16)))
         self.root = self.cache/'world'
         if self.src:
             from pangea_nb.data.translate import GlossaryTranslator

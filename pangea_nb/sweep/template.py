@@ -38,7 +38,8 @@ def world_pools(data_cfg) -> list[dict]:
 
 # %% ../../nbs/55_run_template.ipynb #38d7513b
 SHARED_RESET = {'data.english_ratio': None, 'data.pools': [], 'data.lang_proportions': 'uniform', 'data.translation_error': 0.0,
-                'data.source_quotas': {}, 'train.init_from': None}   # what belongs to stage 2 alone
+                'data.source_quotas': {}, 'train.init_from': None,   # what belongs to stage 2 alone
+                'data.add_samples': {}, 'data.latin_row': 0, 'data.lang_levels': []}
 
 def shared_config(cfg:RunConfig) -> RunConfig:
     "The chain of the run's stages before the last, on a base holding only what they depend on."
