@@ -215,9 +215,12 @@ class DataConfig(BaseConfig):
     n_samples: int = 2000                          # mixture size, counted in samples (token counts are reported too)
     english_ratio: float | None = None             # exact share of English samples; None = no English target
     langs: list = field(default_factory=list)      # non-English languages to draw; [] = every language the pools hold
-    lang_proportions: str | dict = 'uniform'       # 'uniform' | 'natural' | 'temperature' | {lang: weight}
+    lang_proportions: str | dict = 'uniform'       # 'uniform' | 'natural' | 'temperature' | 'latin' | {lang: weight}
     temperature: float = 1.0                       # 'temperature': p(lang) ∝ n(lang)^(1/T); T=1 is natural
+    lang_levels: list = field(default_factory=list)  # 'latin': weight levels (K >= 2) the languages cycle through
+    latin_row: int = 0                             # 'latin': the design row r in [0, K): language i gets lang_levels[(i + r) % K]
     source_quotas: dict = field(default_factory=dict)  # {source: share} within each language
+    add_samples: dict = field(default_factory=dict)  # {pool id: count} drawn on top of the n_samples the other pools give
     allow_parallel: bool = True                    # may an item and its translation both appear in the mixture?
     small_pool: str = 'error'                      # too-small pool: 'error' | 'repeat' | 'cap'
     synth_level: int = 1                           # synthetic world difficulty; 1 = one object per scene (learnable by tiny models)
@@ -233,10 +236,20 @@ class DataConfig(BaseConfig):
         self.check('n_samples', self.n_samples > 0, 'must be > 0')
         if self.english_ratio is not None:
             self.check('english_ratio', 0.0 <= self.english_ratio <= 1.0, 'must be in [0, 1]')
-        if isinstance(self.lang_proportions, str): self.check_choice('lang_proportions', ('uniform', 'natural', 'temperature'))
+        if isinstance(self.lang_proportions, str): self.check_choice('lang_proportions', ('uniform', 'natural', 'temperature', 'latin'))
         else: self.check('lang_proportions', all(isinstance(v, (int, float)) and v >= 0 for v in self.lang_proportions.values())
                          and sum(self.lang_proportions.values()) > 0, 'weights must be >= 0 and not all zero')
         self.check('temperature', self.temperature > 0, 'must be > 0')
+        self.check('lang_levels', all(isinstance(v, (int, float)) and v > 0 for v in self.lang_levels), 'levels must be numbers > 0')
+        if self.lang_proportions == 'latin':
+            self.check('lang_levels', len(self.lang_levels) >= 2, "lang_proportions='latin' needs at least 2 weight levels")
+            self.check('latin_row', 0 <= self.latin_row < len(self.lang_levels), f'must be in [0, {len(self.lang_levels)}) (one row per level)')
+        self.check('add_samples', all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in self.add_samples.values()),
+                   'counts must be integers >= 0')
+        ids = [p.get('id') for p in self.pools if isinstance(p, dict)]
+        bad = [k for k in self.add_samples if k not in ids]
+        if bad: self.fail('add_samples', f'{bad} are not ids of the pools {ids}' if ids else f'{bad}: add_samples names pools of data.pools, and there are none')
+        if self.add_samples and len(self.add_samples) >= len(ids): self.fail('add_samples', 'at least one pool must remain for the n_samples mixture')
         self.check('source_quotas', all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in self.source_quotas.values()),
                    'shares must be in [0, 1]')
         self.check_choice('small_pool', ('error', 'repeat', 'cap'))
@@ -549,7 +562,8 @@ class RunConfig(BaseConfig):
     @property
     def out_path(self) -> Path: return Path(self.output_dir) if self.output_dir else home_path('runs', self.name, mkdir=False)
 
-_DICT_KEYS = {('data', 'translation_error'): 'langs', ('data', 'lang_proportions'): 'langs', ('data', 'source_quotas'): 'sources'}
+_DICT_KEYS = {('data', 'translation_error'): 'langs', ('data', 'lang_proportions'): 'langs', ('data', 'source_quotas'): 'sources',
+              ('data', 'add_samples'): 'pools'}
 
 def _check_dict_key(cfg:RunConfig, path:list, key:str, dotted:str):
     "A dotted path into a dict field names a known key: a language of the run, or a source of its pools."
@@ -557,6 +571,7 @@ def _check_dict_key(cfg:RunConfig, path:list, key:str, dotted:str):
     if kind is None: raise ConfigError(f'RunConfig: {".".join(path)!r} is not a mapping field, so {dotted!r} addresses nothing')
     d = cfg.data
     known = ({'en', *d.langs, *d.synth_langs} | ({'1', '2', '3'} if path[1] == 'translation_error' else set()) if kind == 'langs'
+             else {str(p.get('id')) for p in d.pools} if kind == 'pools'
              else {str(p.get('source') or p.get('id')) for p in d.pools} | {'caption', 'vqa', 'ocr', 'exists', 'count'})
     if (kind == 'langs' and not d.langs and not d.synth_langs) or key in known: return
     near = difflib.get_close_matches(key, sorted(known), n=3)

@@ -10,8 +10,8 @@ import numpy as np, pandas as pd
 from .contracts import new_figure
 
 # %% auto #0
-__all__ = ['GROUP_COLOURS', 'LEVEL_COLOURS', 'plot_english_ratio', 'plot_proportion_vs_score', 'plot_lang_task_heatmap',
-           'plot_fertility']
+__all__ = ['GROUP_COLOURS', 'LEVEL_COLOURS', 'SCRIPT_COLOURS', 'plot_english_ratio', 'plot_proportion_vs_score',
+           'plot_lang_task_heatmap', 'plot_fertility', 'plot_share_scatter', 'plot_by_script']
 
 # %% ../nbs/53_figures.ipynb #f69bd7b7
 GROUP_COLOURS = {'en': '#1f77b4', 'mul': '#d62728'}
@@ -89,4 +89,40 @@ def plot_fertility(df:pd.DataFrame, ax=None, col:str = 'tokens_per_word', title:
     ax.bar(d.lang, d[col], color=[LEVEL_COLOURS.get(get_language(l).resource_level, 'k') for l in d.lang], label=col)
     ax.set_ylabel(col.replace('_', ' ')); ax.set_xlabel('language')
     if title: ax.set_title(title)
+    return ax
+
+# %% ../nbs/53_figures.ipynb #fddc8150
+def plot_share_scatter(df:pd.DataFrame, ax=None, x:str = 'sample_share', title:str | None = None, ylabel:str = 'score (%)'):
+    "Score against a language's share of the training mixture (log x): one point per language and run, a fitted line per language."
+    import matplotlib.pyplot as plt
+    ax = _ax(ax)
+    colours = plt.rcParams['axes.prop_cycle'].by_key()['color']
+    for k, (lang, g) in enumerate(df[df[x] > 0].groupby('lang')):
+        c = colours[k % len(colours)]
+        ax.scatter(100 * g[x], g.value, color=c, marker='osD^vP*X'[k % 8], label=lang, zorder=3, alpha=0.85)
+        if g[x].nunique() > 1:
+            lx = np.log10(100 * g[x].to_numpy(float)); b, a = np.polyfit(lx, g.value.to_numpy(float), 1)
+            xs = np.linspace(lx.min(), lx.max(), 20); ax.plot(10 ** xs, a + b * xs, color=c, lw=1, alpha=0.6, label='_fit')
+    ax.set_xscale('log'); ax.set_ylabel(ylabel)
+    ax.set_xlabel({'sample_share': 'share of training samples (%, log scale)', 'token_share': 'share of training tokens (%, log scale)'}.get(x, x))
+    from matplotlib.ticker import FuncFormatter, NullFormatter, LogLocator
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5))); ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f'{v:g}'))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    if title: ax.set_title(title)
+    ax.legend(loc='best', fontsize=8, title='language')
+    return ax
+
+# %% ../nbs/53_figures.ipynb #6faf5dc3
+SCRIPT_COLOURS = {'Latin': '#1f77b4', 'CJK': '#d62728', 'other': '#2ca02c'}
+
+def plot_by_script(df:pd.DataFrame, x:str, ax=None, title:str | None = None, ylabel:str = 'score (%)'):
+    "Mean score per script group against `x`, with CI bands where given."
+    ax = _ax(ax)
+    for grp, g in df.sort_values(x).groupby('script'):
+        xs = g[x].to_numpy(float); c = SCRIPT_COLOURS.get(grp)
+        ax.plot(xs, g['mean'], marker='o', color=c, label=grp)
+        if {'lo', 'hi'} <= set(g.columns): ax.fill_between(xs, g.lo.clip(0, 100), g.hi.clip(0, 100), color=c, alpha=0.15, label='_ci')
+    ax.set_xlabel(x); ax.set_ylabel(ylabel)
+    if title: ax.set_title(title)
+    ax.legend(loc='best', title='script')
     return ax

@@ -18,9 +18,9 @@ from .validate import reason_code, summary_counts, print_summary
 from ..config import load_yaml
 
 # %% auto #0
-__all__ = ['allocate', 'lang_targets', 'source_targets', 'select', 'load_pools', 'pool_meta', 'mixture_stats',
-           'write_pool_rejects', 'plot_composition', 'build_mixture', 'ManifestPool', 'materialize', 'mix_cli',
-           'materialize_cli']
+__all__ = ['allocate', 'latin_weights', 'lang_targets', 'source_targets', 'select', 'select_added', 'load_pools', 'pool_meta',
+           'mixture_stats', 'write_pool_rejects', 'plot_composition', 'build_mixture', 'ManifestPool', 'materialize',
+           'mix_cli', 'materialize_cli']
 
 # %% ../../nbs/16_mixture.ipynb #caef83a0
 def allocate(total:int, weights) -> np.ndarray:
@@ -36,6 +36,10 @@ def allocate(total:int, weights) -> np.ndarray:
     return n
 
 # %% ../../nbs/16_mixture.ipynb #6c1dd2e2
+def latin_weights(langs:list, levels:list, row:int) -> list[float]:
+    "Row `row` of the cyclic Latin square over `langs`: language i gets `levels[(i + row) % len(levels)]`."
+    return [float(levels[(i + row) % len(levels)]) for i in range(len(langs))]
+
 def lang_targets(avail:dict, cfg:DataConfig) -> dict:
     "Samples per language: the exact English share first, then `lang_proportions` over the other languages."
     from pangea_nb.languages import normalise_lang
@@ -53,6 +57,7 @@ def lang_targets(avail:dict, cfg:DataConfig) -> dict:
         if missing: raise ConfigError(f'DataConfig.lang_proportions: no weight for {missing} (languages {langs})')
         w = [explicit[l] for l in langs]
     elif cfg.lang_proportions == 'uniform': w = [1.0] * len(langs)
+    elif cfg.lang_proportions == 'latin': w = latin_weights(langs, cfg.lang_levels, cfg.latin_row)
     else:
         n = np.array([avail.get(l, 0) for l in langs], dtype=np.float64)
         w = n if cfg.lang_proportions == 'natural' else n ** (1.0 / cfg.temperature)
@@ -168,6 +173,7 @@ def _small_pool(need, have, lang_labels, src_labels, policy, why:str = '') -> li
 # %% ../../nbs/16_mixture.ipynb #c8b1a30a
 def select(meta:pa.Table, cfg:DataConfig) -> tuple[np.ndarray, np.ndarray, dict]:
     "Choose mixture rows from `meta` per `cfg`: (positions in training order, pass numbers, stats)."
+    if cfg.add_samples: return select_added(meta, cfg)
     rng = np.random.default_rng(cfg.seed)
     lang_c, lang_labels = _codes(meta['lang']); src_c, src_labels = _codes(meta['source'])
     L, S = len(lang_labels), len(src_labels)
@@ -188,6 +194,41 @@ def select(meta:pa.Table, cfg:DataConfig) -> tuple[np.ndarray, np.ndarray, dict]
                                                        ' once items and their translations are kept apart (allow_parallel=False)')
     perm = rng.permutation(len(idx))
     return idx[perm], passes[perm], stats
+
+# %% ../../nbs/16_mixture.ipynb #2ddd3451
+def select_added(meta:pa.Table, cfg:DataConfig) -> tuple[np.ndarray, np.ndarray, dict]:
+    "`select` of the pools not in `add_samples`, unchanged, with each added pool's count drawn and inserted at random positions."
+    from pangea_nb.languages import normalise_lang
+    ids = sorted(cfg.add_samples)
+    in_add = pc.is_in(meta['pool'], value_set=pa.array(ids, pa.string())).to_numpy(zero_copy_only=False)
+    base_pos = np.nonzero(~in_add)[0]
+    idx, passes, stats = select(meta.take(pa.array(base_pos)), cfg.replace(add_samples={}))
+    idx = base_pos[idx]
+    rng = np.random.default_rng([cfg.seed, 1])                  # its own stream: the general part never depends on the counts
+    keep = {'en', *(normalise_lang(l) for l in cfg.langs)} if cfg.langs else None
+    add_idx, add_passes, stats['added'] = [], [], {}
+    for pid in ids:
+        rows = np.nonzero(pc.equal(meta['pool'], pid).to_numpy(zero_copy_only=False))[0]
+        lc, labels = _codes(meta.take(pa.array(rows))['lang']) if len(rows) else (np.zeros(0, np.int32), [])
+        ok = [i for i, l in enumerate(labels) if keep is None or l in keep]
+        k = cfg.add_samples[pid]
+        if k and not ok: raise ValueError(f'add_samples: pool {pid!r} holds no rows in the languages {sorted(keep) if keep else "any"} to add {k} samples from')
+        need = np.zeros(len(labels), np.int64)
+        if ok: need[ok] = allocate(k, [1.0] * len(ok))
+        have = np.bincount(lc, minlength=len(labels))
+        stats['events'] += _small_pool(need[:, None], have[:, None], labels, [pid], cfg.small_pool, f' (add_samples.{pid})')
+        got, ps = _take_cells(lc, need, cfg.small_pool, rng)
+        add_idx.append(rows[got]); add_passes.append(ps)
+        stats['added'][pid] = {labels[i]: int(c) for i, c in enumerate(np.bincount(lc[got], minlength=len(labels))) if c}
+    a_idx = np.concatenate(add_idx) if add_idx else np.zeros(0, np.int64)
+    a_pass = np.concatenate(add_passes) if add_passes else np.zeros(0, np.int32)
+    stats['general'] = len(idx)
+    n = len(idx) + len(a_idx)
+    slot = np.zeros(n, bool); slot[rng.choice(n, len(a_idx), replace=False)] = True
+    perm = rng.permutation(len(a_idx))
+    out, out_p = np.empty(n, np.int64), np.empty(n, np.int32)
+    out[~slot], out_p[~slot], out[slot], out_p[slot] = idx, passes, a_idx[perm], a_pass[perm]
+    return out, out_p, stats
 
 # %% ../../nbs/16_mixture.ipynb #9718039c
 def load_pools(cfg:DataConfig, cache_dir, tokenizer:str | None = None, decode_images:bool = False) -> list[Pool]:
@@ -219,7 +260,8 @@ def mixture_stats(man:pa.Table, sel_stats:dict, cfg:DataConfig, pools:list[Pool]
     "What the mixture holds against what was asked (the content of `stats.json`)."
     n = man.num_rows
     by_lang = _counts(man, 'lang')
-    return {'requested': cfg.n_samples, 'selected': n, 'english_ratio_requested': cfg.english_ratio,
+    return {'requested': cfg.n_samples + sum(cfg.add_samples.values()), 'selected': n, 'english_ratio_requested': cfg.english_ratio,
+            **({'added': sel_stats['added'], 'general_selected': sel_stats['general']} if 'added' in sel_stats else {}),
             'english_ratio_selected': by_lang.get('en', 0) / n if n else None,
             'by_language': by_lang, 'targets': sel_stats['targets'], 'available': sel_stats['available'],
             'by_source': _counts(man, 'source'), 'by_task': _counts(man, 'task'), 'by_pool': _counts(man, 'pool'),

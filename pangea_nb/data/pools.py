@@ -189,7 +189,7 @@ class SynthPool(Pool):
         self.n = int(spec.get('n', 2000))
         self.world = WorldConfig(n_train=self.n, langs=[self.src] if self.src else self.langs, level=int(spec.get('level', 1)),
                                  seed=int(spec.get('seed', 0)), families=dict(spec.get('families', {})),
-                                 image_size=int(spec.get('image_size', 64)))
+                                 image_size=int(spec.get('image_size', 64)), cell=int(spec.get('cell', 16)))
         self.root = self.cache/'world'
         if self.src:
             from pangea_nb.data.translate import GlossaryTranslator
@@ -262,6 +262,10 @@ def default_pools(data_cfg) -> list[dict]:
     full = isinstance(data_cfg.lang_proportions, dict) or not data_cfg.allow_parallel
     headroom = lambda n: math.ceil(1.05 * n) + 8
     n_mt = headroom(N) if full else min(headroom(N), math.ceil(1.5 * N / max(1, len(langs))) + 8)
+    if data_cfg.lang_proportions == 'latin' and langs:   # the largest share one language gets in any row of the design
+        from pangea_nb.data.mixture import latin_weights
+        top = max(max(w) / sum(w) for w in (latin_weights(langs, data_cfg.lang_levels, r) for r in range(len(data_cfg.lang_levels))))
+        n_mt = min(headroom(N), max(n_mt, headroom(math.ceil(N * (1 - (data_cfg.english_ratio or 0)) * top))))
     n_en = N + (n_mt if not data_cfg.allow_parallel else 0)
     common = dict(level=data_cfg.synth_level, seed=data_cfg.seed)
     return [{'id': 'synth-en', 'kind': 'synth', 'langs': ['en'], 'source': 'synth-en', 'n': n_en, **common},

@@ -14,7 +14,7 @@ from .tasks import Task, EvalItem, make_id, register_task
 from .text_tasks import lang_of
 
 # %% auto #0
-__all__ = ['Synthetic', 'world_vocab']
+__all__ = ['Synthetic', 'world_vocab', 'SyntheticOCR']
 
 # %% ../../nbs/47_eval_synthetic.ipynb #46eb1d47
 @register_task
@@ -93,3 +93,17 @@ def world_vocab(root:Path, langs, n:int = 600) -> dict:
     return out
 
 Synthetic.choices, Synthetic.load = _synthetic_choices, _load_with_vocab
+
+# %% ../../nbs/47_eval_synthetic.ipynb #04e5611c
+@register_task
+class SyntheticOCR(Synthetic):
+    "The `ocr` family of the synthetic world's split: what is written in the image, in the language's own script."
+    name = 'synthetic_ocr'
+    doc = 'nbs/12_synth.ipynb (pangea data synth --families ocr)'
+
+    def load(self, root, split):
+        n = 0
+        for it in Synthetic.load(self, root, split):
+            if it.meta.get('family') == 'ocr': n += 1; yield it
+        if n == 0 and (Path(root)/f'{split}.jsonl').is_file():
+            raise ValueError(f'{Path(root)/f"{split}.jsonl"}: no OCR items (task "ocr"); write the world with --families ocr')

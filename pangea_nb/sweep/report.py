@@ -20,10 +20,11 @@ from .runner import sweep_dir
 from ..figures import plot_english_ratio, plot_proportion_vs_score, plot_lang_task_heatmap
 
 # %% auto #0
-__all__ = ['METRIC_LABEL', 'AXIS_LABEL', 'RESULT_COLUMNS', 'metric_mode', 'primary_metric', 'primary_rows', 'task_rows',
-           'average_rows', 'item_scores', 'run_bootstrap', 'report_summary', 'axis_label', 'proportions',
-           'curve_panels', 'panel_title', 'english_ratio_figure', 'facet_keys', 'sensitivity_figure', 'per_metric',
-           'report_sweep', 'sweep_report_cmd']
+__all__ = ['METRIC_LABEL', 'AXIS_LABEL', 'RESULT_COLUMNS', 'SHARE_COLUMNS', 'CJK_SCRIPTS', 'metric_mode', 'primary_metric',
+           'primary_rows', 'task_rows', 'average_rows', 'item_scores', 'run_bootstrap', 'report_summary', 'axis_label',
+           'proportions', 'curve_panels', 'panel_title', 'english_ratio_figure', 'facet_keys', 'sensitivity_figure',
+           'run_shares', 'share_scores', 'share_design', 'share_figure', 'script_group', 'by_script', 'design_figures',
+           'per_metric', 'report_sweep', 'sweep_report_cmd']
 
 # %% ../../nbs/54_report.ipynb #00cf0401
 def metric_mode(metric:str) -> str:
@@ -205,6 +206,82 @@ def sensitivity_figure(s:pd.DataFrame, facets:list[str], mode:str = 'generate', 
     fig.suptitle(f'sensitivity of the English-ratio curve (average over tasks, {METRIC_LABEL[mode]}; mean and 95% interval over seeds)', fontsize=10)
     return fig, s
 
+# %% ../../nbs/54_report.ipynb #5599ec8e
+SHARE_COLUMNS = ['run_dir', 'lang', 'samples', 'tokens', 'sample_share', 'token_share', 'english_share']
+
+def run_shares(root) -> pd.DataFrame:
+    "One row per run and language of the runs' recorded `mixture_shares` (runs without them are left out)."
+    rows = []
+    for m in sorted(Path(root).glob('*/metrics.json')):
+        sh = json.loads(m.read_text()).get('mixture_shares') or {}
+        en = sh.get('en', {}).get('sample_share', 0.0)
+        rows += [{'run_dir': m.parent.name, 'lang': l, **{k: v[k] for k in SHARE_COLUMNS[2:6]}, 'english_share': en} for l, v in sh.items()]
+    return pd.DataFrame(rows, columns=SHARE_COLUMNS)
+
+def share_scores(root, df:pd.DataFrame) -> pd.DataFrame:
+    "Scores of the non-English languages joined to their run's sample and token shares: one row per run, language, task, metric."
+    sc = df[~df.lang.isin(['en', 'all', 'mul'])]
+    keep = [c for c in ('run_dir', 'seed', 'task', 'metric', 'lang', 'value', 'n') if c in sc.columns]
+    return sc[keep].merge(run_shares(root), on=['run_dir', 'lang'])
+
+def share_design(shares:pd.DataFrame) -> pd.DataFrame:
+    "Per non-English language: runs, distinct shares, the most distinct shares at one English share, correlation with the English share."
+    s = shares.drop_duplicates(['run_dir', 'lang'])
+    s = s[s.lang != 'en'].assign(r=lambda d: d.sample_share.round(6), e=lambda d: d.english_share.round(6))
+    rows = []
+    for lang, g in s.groupby('lang'):
+        corr = float(g.r.corr(g.e)) if g.r.nunique() > 1 and g.e.nunique() > 1 else None
+        rows.append({'lang': lang, 'runs': len(g), 'distinct_shares': int(g.r.nunique()),
+                     'distinct_at_one_english_share': int(g.groupby('e').r.nunique().max()), 'corr_with_english_share': corr})
+    return pd.DataFrame(rows, columns=['lang', 'runs', 'distinct_shares', 'distinct_at_one_english_share', 'corr_with_english_share'])
+
+def share_figure(pts:pd.DataFrame, metric:str):
+    "Score of `metric` against the sample share (left) and the token share (right), one point per language and run."
+    from pangea_nb.figures import plot_share_scatter
+    d = pts[pts.metric == metric]
+    fig, axes = new_figure(1, 2, figsize=(11, 4), squeeze=False)
+    for ax, x in zip(axes[0], ('sample_share', 'token_share')): plot_share_scatter(d, ax=ax, x=x, ylabel=f'{metric} (%)')
+    n = d.run_dir.nunique()
+    fig.suptitle(f"a language's share of the stage-2 mixture vs its score — one point per language and run ({n} runs)", fontsize=10)
+    return fig
+
+# %% ../../nbs/54_report.ipynb #7ed5f2e9
+CJK_SCRIPTS = {'Hani', 'Hans', 'Hant', 'Jpan', 'Kore', 'Hang'}
+
+def script_group(code:str) -> str:
+    "'Latin', 'CJK' or 'other', from the language's first registry script."
+    from pangea_nb.languages import get_language
+    s = get_language(code).scripts[0]
+    return 'Latin' if s == 'Latn' else 'CJK' if s in CJK_SCRIPTS else 'other'
+
+def by_script(df:pd.DataFrame, x:str) -> pd.DataFrame:
+    "Per `x`, task, metric and script group: mean over seeds of each run's mean over the group's non-English languages."
+    d = df[~df.lang.isin(['en', 'all', 'mul'])]
+    d = d.assign(script=d.lang.map(script_group), n_langs=1)
+    per_run = d.groupby(['run_dir', x, 'task', 'metric', 'script'], as_index=False).agg(value=('value', 'mean'), n_langs=('lang', 'nunique'))
+    s = summarise(per_run, [x, 'task', 'metric', 'script'])
+    return s.merge(per_run.groupby([x, 'task', 'metric', 'script'], as_index=False).n_langs.max(), on=[x, 'task', 'metric', 'script'])
+
+def design_figures(df:pd.DataFrame, root, rep:dict, x:str, name:str, out_dir) -> dict:
+    "The report's design-specific figures: the share scatter (`x: mixture.share`) and the by-script curves (`series: script`)."
+    from pangea_nb.figures import plot_by_script
+    figs = {}
+    if x == 'mixture.share':
+        pts = share_scores(root, df)
+        if len(pts):
+            m = per_metric(pts)
+            figs['share_scatter'] = save_fig(share_figure(pts, m), f'{name}_share_vs_score', data=pts, out_dir=out_dir)
+            atomic_write_text(Path(root)/'share_design.csv', share_design(pts).to_csv(index=False))
+    if rep.get('series') == 'script' and x in df.columns:
+        s = by_script(df, x)
+        atomic_write_text(Path(root)/'by_script.csv', s.to_csv(index=False))
+        m = per_metric(df)
+        fig, ax = new_figure(figsize=(6, 4))
+        plot_by_script(s[s.metric == m].groupby([x, 'script'], as_index=False)[['mean', 'lo', 'hi']].mean(), x, ax=ax, ylabel=f'{m} (%)',
+                       title=f'{m} by script (mean over tasks; seeds: t-interval)')
+        figs['by_script'] = save_fig(fig, f'{name}_by_script', data=s, out_dir=out_dir)
+    return figs
+
 # %% ../../nbs/54_report.ipynb #139d0e0f
 def per_metric(df:pd.DataFrame) -> str:
     "The metric the per-language figures show: exact match of generated answers where present, else the first one."
@@ -249,6 +326,7 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
             plot_proportion_vs_score(per, ax=ax, title='training share vs score per language (mean over the runs at each share)',
                                      ylabel=f'{per_metric(df)} (%)')
             out['figures']['proportion'] = save_fig(fig, f'{name}_proportion_vs_score', data=per, out_dir=out_dir)
+    out['figures'].update(design_figures(df, root, rep, x, name, out_dir))   # Figure 7's scatter, OCR by script (below)
     prim = primary_rows(df)
     hm = prim[prim['mode'] == ('generate' if (prim['mode'] == 'generate').any() else 'loglik')]   # every task, its own metric
     by = ['lang', 'task'] + ([x] if curve and hm[x].nunique() > 1 else [])       # each x value its own columns: mean over seeds only

@@ -13,9 +13,9 @@ from ..contracts import atomic_write_json, write_results, ResultRow, read_jsonl,
 from ..contracts import make_once, _lock_owner
 
 # %% auto #0
-__all__ = ['SHARED_RESET', 'H100_BF16_FLOPS', 'GPU_MFU', 'CPU_EFFICIENCY', 'resolve_run', 'stage2_config', 'world_pools',
-           'shared_config', 'shared_key', 'shared_stages', 'build_stage2_data', 'mixture_proportions', 'train_stage2',
-           'eval_world', 'evaluate', 'finish_run', 'estimate_run']
+__all__ = ['SHARED_RESET', 'WORLD_TASKS', 'H100_BF16_FLOPS', 'GPU_MFU', 'CPU_EFFICIENCY', 'resolve_run', 'stage2_config',
+           'world_pools', 'shared_config', 'shared_key', 'shared_stages', 'build_stage2_data', 'mixture_proportions',
+           'mixture_shares', 'train_stage2', 'eval_world', 'evaluate', 'finish_run', 'estimate_run']
 
 # %% ../../nbs/55_run_template.ipynb #0350bbff
 def resolve_run(cfg:RunConfig) -> RunConfig:
@@ -38,7 +38,8 @@ def world_pools(data_cfg) -> list[dict]:
 
 # %% ../../nbs/55_run_template.ipynb #38d7513b
 SHARED_RESET = {'data.english_ratio': None, 'data.pools': [], 'data.lang_proportions': 'uniform', 'data.translation_error': 0.0,
-                'data.source_quotas': {}, 'train.init_from': None}   # what belongs to stage 2 alone
+                'data.source_quotas': {}, 'train.init_from': None,   # what belongs to stage 2 alone
+                'data.add_samples': {}, 'data.latin_row': 0, 'data.lang_levels': []}
 
 def shared_config(cfg:RunConfig) -> RunConfig:
     "The chain of the run's stages before the last, on a base holding only what they depend on."
@@ -84,6 +85,21 @@ def mixture_proportions(stats:dict) -> dict:
     tot = sum(counts.values())
     return {l: c / tot for l, c in counts.items()} if tot else {}
 
+# %% ../../nbs/55_run_template.ipynb #d053e6bc
+def mixture_shares(mix_dir) -> dict:
+    "{lang: {samples, tokens, sample_share, token_share}} of the materialised mixture in `mix_dir` (skipped rows not counted)."
+    import pyarrow.parquet as pq
+    mix = Path(mix_dir)
+    man = pq.read_table(mix/'manifest.parquet', columns=['lang', 'tokens']).to_pandas()
+    rej = read_jsonl(mix/'rejects.jsonl') if (mix/'rejects.jsonl').exists() else []
+    if not (mix/'materialized.json').exists(): raise FileNotFoundError(f'{mix}: not materialised (no materialized.json); run materialize first')
+    skipped = [r['manifest_row'] for r in rej if r.get('stage') == 'materialize' and 'manifest_row' in r]
+    man = man.drop(index=skipped)
+    g = man.groupby('lang').tokens.agg(['size', 'sum'])
+    n, t = int(g['size'].sum()), int(g['sum'].sum())
+    return {l: {'samples': int(r['size']), 'tokens': int(r['sum']), 'sample_share': r['size'] / n if n else 0.0,
+                'token_share': r['sum'] / t if t else 0.0} for l, r in g.iterrows()}
+
 # %% ../../nbs/55_run_template.ipynb #6b3c39cc
 def train_stage2(cfg:RunConfig, run_dir, pools:list[dict], init_from, gpus:int = 0, progress:bool = False) -> Path:
     "Train stage 2 of `cfg` on `pools` from the model at `init_from`; returns the model folder."
@@ -102,12 +118,12 @@ def train_stage2(cfg:RunConfig, run_dir, pools:list[dict], init_from, gpus:int =
     return run_stage(c, out, progress=progress)
 
 # %% ../../nbs/55_run_template.ipynb #1c991afe
-def eval_world(cfg:RunConfig, shared_dir) -> Path:
-    "The held-out synthetic test split every run is scored on (written once per world into `shared_dir`)."
+def eval_world(cfg:RunConfig, shared_dir, families:dict | None = None) -> Path:
+    "The held-out synthetic test split every run is scored on (written once per world into `shared_dir`); `families` overrides the run's."
     from pangea_nb.data.synth import WorldConfig, write_world
     d_, m = cfg.data, cfg.model
     langs = ['en'] + [l for l in d_.langs if l != 'en']
-    wc = WorldConfig(n_train=0, n_test=cfg.eval.synthetic_n * len(langs), langs=langs, level=d_.synth_level, families=dict(d_.synth_families),
+    wc = WorldConfig(n_train=0, n_test=cfg.eval.synthetic_n * len(langs), langs=langs, level=d_.synth_level, families=dict(families or d_.synth_families),
                      image_size=m.image_size, cell=m.patch_size, seed=d_.world_seed)
     d = Path(shared_dir)/f'eval-world-{wc.hash()}'
     make_once(d, lambda: (d/'manifest.json').exists(), lambda: write_world(d, wc, progress=False))   # the manifest is written last
@@ -116,7 +132,9 @@ def eval_world(cfg:RunConfig, shared_dir) -> Path:
 def _metric_name(task:str, mode:str, metric:str) -> str:
     if metric != 'accuracy': return metric
     if mode == 'loglik': return 'loglik_accuracy'
-    return 'exact_match' if task == 'synthetic' else metric
+    return 'exact_match' if task in WORLD_TASKS else metric
+
+WORLD_TASKS = {'synthetic': None, 'synthetic_ocr': {'ocr': 1}}   # tasks scored on the template's own world: {task: families}
 
 # %% ../../nbs/55_run_template.ipynb #c2cc99e8
 def evaluate(model_dir, cfg:RunConfig, run_dir, shared_dir, run_id:str, step=None, progress:bool = False) -> list[ResultRow]:
@@ -128,7 +146,7 @@ def evaluate(model_dir, cfg:RunConfig, run_dir, shared_dir, run_id:str, step=Non
     predictor = load_predictor(str(model_dir))
     for name in cfg.eval.tasks:
         task = get_task(name)
-        data = eval_world(cfg, shared_dir) if name == 'synthetic' and name not in cfg.eval.data else cfg.eval.data.get(name)
+        data = eval_world(cfg, shared_dir, WORLD_TASKS[name]) if name in WORLD_TASKS and name not in cfg.eval.data else cfg.eval.data.get(name)
         if data is None: raise ConfigError(f'eval.data has no release folder for task {name!r}')
         items = select_items(task, data, cfg.eval.split, cfg.eval.langs or None, cfg.eval.limit)
         items, _ = resolve_images(task, items, cfg.eval.images.get(name) or getattr(task, 'images_root', None) or data)
