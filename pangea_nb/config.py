@@ -607,8 +607,18 @@ RunConfig.PRESETS = {
                        stages=[{'train.stage': 0, 'train.lr': 3e-3, 'train.max_steps': 60, 'data.n_samples': 1000},
                                {'train.stage': 1, 'train.lr': 1e-3, 'train.max_steps': 100, 'data.n_samples': 3000, 'data.english_ratio': 1.0},
                                {'train.stage': 2, 'train.max_steps': 200}]),
-    'pangea-7b': dict(model=ModelConfig.PRESETS['pangea-7b'], train=TrainConfig.PRESETS['pangea-7b-stage2'],
-                      data=dict(n_samples=6_000_000, english_ratio=0.4), name='pangea-7b'),
+    # Pangea-7B (arXiv 2410.16153, ../shared/PAPER_NUMBERS.md): stage 1 = the projector on LLaVA-Pretrain 558K (1 epoch, lr 1e-3,
+    # global batch 128), chained into stage 2 = everything but the vision tower's 10x lower lr on PangeaIns 6M (40% English as
+    # released; lr 2e-5, vision 2e-6, global batch 512). The two paths are placeholders: point them at your downloads
+    # (`pangea sweep --dry-run` warns about absent data, a local run refuses it)
+    'pangea-7b': dict(model=ModelConfig.PRESETS['pangea-7b'], train=TrainConfig.PRESETS['pangea-7b-stage2'], name='pangea-7b',
+                      data=dict(n_samples=6_000_000, english_ratio=0.4,
+                                pools=[{'id': 'pangeains', 'kind': 'pangeains', 'path': '/data/PangeaInstruct'}]),
+                      stages=[{**{f'train.{k}': v for k, v in TrainConfig.PRESETS['pangea-7b-stage1'].items()},
+                               'train.vision_lr': None, 'train.grad_accum': 1, 'train.zero_stage': 2, 'train.save_every': 0,
+                               'data.n_samples': 558_128, 'data.english_ratio': None,
+                               'data.pools': [{'id': 'llava-pretrain', 'kind': 'llava_pretrain', 'path': '/data/LLaVA-Pretrain'}]},
+                              {'train.stage': 2}]),
 }
 
 # %% ../nbs/00_config.ipynb #7d66a566

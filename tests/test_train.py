@@ -158,18 +158,22 @@ def test_corrupt_image_and_overlong_sample_are_counted_skips(tmp_path, shared, t
                       train=cfg.train.replace(max_steps=1, micro_batch_size=n, max_length=512, overlong='drop', init_from=str(tiny_checkpoint)))
     cfg.save(tmp_path/'run.yaml')
     pangea('train', tmp_path/'run.yaml', '--no-progress')
+    # the corrupt image is refused when the pool is indexed (the shared ImageChecker reads its header), the over-long
+    # sample when its batch is built: one counted reject each, in the run's two rejects files
+    data_rej = {r['id']: r for r in read_jsonl(tmp_path/'out'/'data_rejects.jsonl')}
     rej = {r['id']: r for r in read_jsonl(tmp_path/'out'/'rejects.jsonl')}
-    assert set(rej) == {'corrupt-1', 'long-1'}
-    assert rej['corrupt-1']['field'] == 'images[0]' and 'cannot decode image' in rej['corrupt-1']['reason']
+    assert set(data_rej) == {'corrupt-1'} and set(rej) == {'long-1'}
+    assert data_rej['corrupt-1']['field'] == 'image' and data_rej['corrupt-1']['code'] != 'ok'
     assert 'max_length=512' in rej['long-1']['reason']
     done = json.loads((tmp_path/'out'/'done.json').read_text())
-    assert done['skipped'] == 2 and done['samples'] == n - 2
+    assert done['skipped'] == 1 and done['samples'] == n - 2
+    assert json.loads((tmp_path/'out'/'data.json').read_text())['rejected'] == 1
     # bad_samples: error stops at the corrupt image with one line naming record and field
     recs = [r for r in json.loads(data.read_text()) if r['id'] != 'long-1']; (tmp_path/'strict.json').write_text(json.dumps(recs))
     cfg.replace(output_dir=str(tmp_path/'out2'), train=cfg.train.replace(bad_samples='error'),
                 data=cfg.data.replace(pools=[{'kind': 'llava', 'id': 'real', 'path': str(tmp_path/'strict.json')}])).save(tmp_path/'strict.yaml')
     r = pangea('train', tmp_path/'strict.yaml', '--no-progress', check=False)
-    assert r.returncode == 1 and 'record corrupt-1, field images[0]' in r.stderr and 'Traceback' not in r.stderr
+    assert r.returncode == 1 and 'record corrupt-1, field image' in r.stderr and 'Traceback' not in r.stderr
 
 def test_truncation_is_counted(tmp_path, tiny_checkpoint):
     "With overlong: truncate, long samples are cut (never inside the image) and counted in the log."

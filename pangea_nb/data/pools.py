@@ -160,7 +160,9 @@ JsonPool._scan = _scan_json
 def _get_json(self, rows:Iterable[int]) -> list[Sample]:
     "The samples at `rows` (positions in the metadata table), by seeking in the records file."
     self.meta()
-    offs = np.load(self.cache/'offsets.npy', allow_pickle=False)
+    if getattr(self, '_offsets', None) is None:        # once per process, memory-mapped: training reads one row at a time
+        self._offsets = np.load(self.cache/'offsets.npy', mmap_mode='r', allow_pickle=False)
+    offs = self._offsets
     out = []
     with open(self.records, 'rb') as f:
         for r in rows:

@@ -6,7 +6,7 @@ Docs: https://pangea-nb.github.io/pangea_nb/trainer.html.md"""
 
 # %% ../../nbs/30_trainer.ipynb #948e78aa
 from __future__ import annotations
-import contextlib, json, math, os, pickle, random, re, shutil, time
+import contextlib, hashlib, json, math, os, pickle, random, re, shutil, time
 from dataclasses import dataclass, asdict, field
 from functools import lru_cache
 from pathlib import Path
@@ -23,9 +23,9 @@ from ..model.collate import (SampleEncoder, collate, token_loss_sum, random_batc
 __all__ = ['LORA_DEFAULTS', 'RESUME_IRRELEVANT', 'PEAK_FLOPS', 'stage_lrs', 'set_trainable', 'is_adapted', 'lora_targets',
            'apply_peft', 'qlora_config', 'Schedule', 'MicroBatchPlan', 'empty_batch', 'MicroBatches', 'RankSampler',
            'resolve_precision', 'TorchEngine', 'UnsafeCheckpoint', 'weights_only_loads', 'rng_state', 'set_rng_state',
-           'TrainerState', 'latest_checkpoint', 'prune_checkpoints', 'trim_jsonl', 'Trainer', 'world_size',
-           'make_engine', 'peak_flops', 'mfu', 'NonFiniteLoss', 'check_finite_loss', 'plot_loss', 'param_digest',
-           'save_adapter', 'make_reporters', 'read_train_logs', 'plot_curves']
+           'TrainerState', 'latest_checkpoint', 'prune_checkpoints', 'trim_jsonl', 'Trainer', 'encoder_key',
+           'world_size', 'make_engine', 'peak_flops', 'mfu', 'NonFiniteLoss', 'check_finite_loss', 'plot_loss',
+           'param_digest', 'save_adapter', 'make_reporters', 'read_train_logs', 'plot_curves']
 
 # %% ../../nbs/30_trainer.ipynb #590a13b0
 def stage_lrs(tc:TrainConfig) -> dict:
@@ -304,11 +304,23 @@ class Trainer:
 
     def lengths(self) -> list[int]:
         "Token length of every sample for grouping (a sample that cannot be measured counts as 1; it fails later, counted)."
-        return self.enc.lengths(self.samples) if self.tc.group_by_length else [1] * len(self.samples)
+        if not self.tc.group_by_length: return [1] * len(self.samples)
+        if hasattr(self.samples, 'lengths'): return self.samples.lengths(self.enc.lengths, encoder_key(self.enc)).tolist()   # pools: cached per file
+        return self.enc.lengths(self.samples)
 
     def total_steps(self, world:int) -> int:
         if self.tc.max_steps: return self.tc.max_steps
         return max(1, math.ceil(self.tc.epochs * self.plan.per_epoch / (world * self.tc.grad_accum)))
+
+# %% ../../nbs/30_trainer.ipynb #013f529a
+def encoder_key(enc) -> str:
+    "A short hash of what `SampleEncoder.lengths` depends on: tokenizer, chat template, image-token settings."
+    tok, h = enc.tok, hashlib.sha1()
+    h.update((tok.backend_tokenizer.to_str() if getattr(tok, 'is_fast', False) else json.dumps(tok.get_vocab(), sort_keys=True)).encode())
+    h.update(repr((type(tok).__name__, tok.chat_template, enc._fixed)).encode())
+    ip = getattr(enc.proc, 'image_processor', None)
+    if ip is not None: h.update(json.dumps(ip.to_dict(), sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
 
 # %% ../../nbs/30_trainer.ipynb #a20b0140
 def world_size() -> int: return int(os.environ.get('WORLD_SIZE', '1'))

@@ -15,13 +15,14 @@ from ..data.schema import Sample, Turn, read_samples, RecordError, IMAGE_TOKEN
 from ..model.build import (build_model, build_processor, load_pretrained, model_tokenizer, save_model,
                                    resolve_model_dir, model_info)
 from ..model.collate import ImageFolder
+from ..data.index import PoolSamples, open_pool, train_pool_spec
 from .loop import Trainer, plot_loss
 
 # %% auto #0
 __all__ = ['STAGE_FAMILIES', 'PROOF_LANGS', 'world_config', 'exact_english', 'synth_samples', 'SynthImages', 'stage0_samples',
-           'PoolImages', 'stage_data', 'read_pool_samples', 'write_data_rejects', 'prepare_model', 'run_stage',
-           'save_backbone', 'qlora_model', 'run_stages', 'generate_answers', 'answer_baselines', 'synth_scores',
-           'proof_config', 'train_cli', 'proof_cli']
+           'PoolImages', 'stage_data', 'PoolImageFiles', 'read_pool_samples', 'write_data_rejects', 'prepare_model',
+           'run_stage', 'save_backbone', 'qlora_model', 'run_stages', 'generate_answers', 'answer_baselines',
+           'synth_scores', 'proof_config', 'train_cli', 'proof_cli']
 
 # %% ../../nbs/32_stages.ipynb #9c384229
 STAGE_FAMILIES = {1: {'caption': 1}}        # stage 1 = alignment on captions; stage 2 = data.synth_families or the world's mix
@@ -94,31 +95,36 @@ class PoolImages:
         if key not in self.loaders: raise RecordError(f'no image root for pool {key!r}', None, s.id, f'images[{i}]')
         return self.loaders[key](s, i)
 
-def stage_data(cfg:RunConfig, split:str = 'train', n:int | None = None) -> tuple[list[Sample], object]:
-    "(samples, image loader) of the run's stage and split."
+def stage_data(cfg:RunConfig, split:str = 'train', n:int | None = None) -> tuple[list[Sample] | PoolSamples, object]:
+    "(samples, image loader) of the run's stage and split; real pools are read lazily through their on-disk index."
     if cfg.train.stage == 0: return stage0_samples(cfg, n, split=split), None
     if not cfg.data.pools: return synth_samples(cfg, split, n), SynthImages()
-    samples, loaders, rejects = [], {}, []
+    parts, loaders = [], {}
     for i, p in enumerate(cfg.data.pools):
-        if p['kind'] == 'synth': got = synth_samples(cfg, split, n); loaders['synth'] = SynthImages()
-        elif p['kind'] in ('llava', 'pangeains'):
-            if split != 'train': continue
-            src = p.get('id') or f'pool{i}'
-            path = Path(p['path']).expanduser()
-            root = p.get('root') or p.get('image_root') or path.parent
-            codes = p.get('lang_source') or ('pangeains' if p['kind'] == 'pangeains' else None)   # the release's alias table
-            got, rej = read_pool_samples(path, src, root, codes, cfg.data.max_image_pixels); rejects += rej
-            loaders[src] = ImageFolder(root, cfg.data.max_image_pixels)
-        else: raise ConfigError(f"DataConfig.pools[{i}]: kind {p['kind']!r} is read through the mixture builder (pangea data mix), "
-                                "whose LLaVA output is a 'llava' pool")
-        samples += got
+        if p.get('kind') == 'synth': parts.append(synth_samples(cfg, split, n)); loaders['synth'] = SynthImages(); continue
+        if split != 'train': continue                     # real pools are training data; held-out sets are the evaluation's
+        pool = open_pool(train_pool_spec(p, i, cfg.data))
+        parts.append(pool); loaders[pool.id] = PoolImageFiles(pool, cfg.data.max_image_pixels)
+    samples = PoolSamples(parts)
+    rejects = [{**r, 'pool': p.id} for p in samples.pools() for r in p.reject_rows()]
     if rejects and cfg.train.bad_samples == 'error':
-        r = rejects[0]; raise RecordError(r['reason'], r['file'], r['id'], r['field'])
+        r = rejects[0]; raise RecordError(r['reason'], r.get('file'), r.get('id'), r.get('field'))
     return samples, PoolImages(loaders, rejects)
+
+class PoolImageFiles:
+    "The images of one pool's samples, under the pool's image root (a mixture pool: the root of the pool each sample came from)."
+    def __init__(self, pool, max_pixels:int = 40_000_000): self.pool, self.max_pixels, self.folders = pool, max_pixels, {}
+    def __call__(self, s:Sample, i:int):
+        inner = getattr(self.pool, 'inner', None)             # ManifestPool: {pool id: pool} of the mixture
+        root = inner[s.meta['mixture_pool']].root if inner else self.pool.root
+        if root not in self.folders: self.folders[root] = ImageFolder(root, self.max_pixels)
+        return self.folders[root](s, i)
 
 # %% ../../nbs/32_stages.ipynb #f929185f
 def read_pool_samples(path, pool:str, root, lang_source:str | None = None, max_pixels:int = 40_000_000) -> tuple[list[Sample], list[dict]]:
-    """A `llava` pool's records through the shared reader and record checker of `pangea data validate`; (samples, reject rows).
+    """A `llava` pool's records as a list, through the shared reader and record checker of `pangea data validate`; (samples, reject rows).
+
+    The list path that `stage_data` used before pools were indexed; kept as the reference the lazy path is tested against.
 
     Image paths get the shared checker's path and file checks here (escaping, missing, directory, symlink loop, empty,
     ...); pixels are decoded when a batch is built, where a corrupt file is a counted skip of the trainer."""
