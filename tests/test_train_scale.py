@@ -222,3 +222,31 @@ def test_bf16_and_gradient_checkpointing_train_on_cpu(tmp_path, packing):
         moved = {n.split('.')[1] for n, p in m.named_parameters() if not torch.equal(p, before[n])}
         assert {'multi_modal_projector', 'language_model'} <= moved, moved
     assert abs(rows['bf16'][0]['loss'] - rows['fp32'][0]['loss']) < 0.05 * rows['fp32'][0]['loss']
+
+def test_packed_rows_on_sdpa_varlen_match_the_block_diagonal_mask(tmp_path):
+    """With packing under `attn_implementation: auto` and no FlashAttention, the Trainer attends packed rows with
+    `sdpa_varlen` (causal SDPA per sample); its first-step loss and every gradient equal those of SDPA with the
+    block-diagonal mask (attn_implementation: sdpa), and of the padded batch."""
+    from pangea_nb.train.loop import Trainer
+    from pangea_nb.train.stages import prepare_model, stage_data
+    grads, impl = {}, {}
+    for name, packing, attn in (('varlen', True, 'auto'), ('mask', True, 'sdpa'), ('padded', False, 'auto')):
+        cfg = tiny_cfg(tmp_path/name, max_steps=1, micro_batch_size=6, packing=packing)
+        cfg = cfg.replace(model=cfg.model.replace(attn_implementation=attn))
+        torch.manual_seed(0)
+        m, proc = prepare_model(cfg); samples, images = stage_data(cfg)
+        t = Trainer(cfg, m, proc, samples, images=images, out_dir=tmp_path/name)
+        impl[name] = m.config.get_text_config()._attn_implementation
+        from pangea_nb.train.loop import MicroBatches
+        b = MicroBatches(t.samples, t.enc, t.plan, packing)[0]   # the same first micro-batch (plan: same seed, no grouping)
+        m.train(); m.zero_grad()
+        for mod in m.modules():
+            if hasattr(mod, 'attention_dropout'): mod.attention_dropout = 0.0
+        l, n = t.engine.loss(b); (l / n).backward()
+        grads[name] = (l.item() / n, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
+    assert impl == {'varlen': 'sdpa_varlen', 'mask': 'sdpa', 'padded': 'sdpa'}, impl
+    for other in ('mask', 'padded'):
+        assert abs(grads['varlen'][0] - grads[other][0]) < 1e-5, (other, grads['varlen'][0], grads[other][0])
+        assert grads['varlen'][1].keys() == grads[other][1].keys()
+        worst = max(((grads['varlen'][1][k] - g).abs().max() / g.abs().max().clamp_min(1e-12)).item() for k, g in grads[other][1].items())
+        assert worst < 1e-4, (other, worst)
