@@ -21,6 +21,19 @@ SIZES = {'8m':   dict(hidden_size=256, n_layers=4, n_heads=4, intermediate_size=
          '30m':  dict(hidden_size=512, n_layers=6, n_heads=8, intermediate_size=1536),
          '120m': dict(hidden_size=768, n_layers=12, n_heads=12, intermediate_size=3072)}
 
+def fp32_zero_states(total, trainable, zero, n, bucket=int(5e8)):
+    """Model-state bytes per rank of an fp32 DeepSpeed run on CPU, as measured here (issue 17), where `model info`'s
+    mixed-precision line (2 bytes of weights + 18 per trainable / N, DeepSpeed's estimator) does not apply: fp32
+    weights (4 per parameter, whole on every rank at ZeRO-2); the contiguous-gradient reduce bucket, min(bucket,
+    trainable) fp32 elements (the whole gradient at these sizes); per trainable / N: an fp32 master partition (4),
+    its gradient (4), Adam's two moments (8). ZeRO-3 adds the partitioned fp32 parameters (4 / N) and, because the
+    model is built whole before DeepSpeed partitions it (no zero.Init) and at these sizes every parameter stays
+    gathered (stage3_max_live_parameters 1e9), the whole weights twice."""
+    T = trainable
+    if zero == 2: return 4 * total + 4 * min(bucket, T) + 16 * T / n
+    if zero == 3: return 8 * total + 4 * min(bucket, T) + 20 * T / n
+    raise ValueError(zero)
+
 def _port():
     import socket
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -64,6 +77,8 @@ def child(size, batch, seq, steps, vocab, zero=0):
     if zero:      # `pangea model info --n-gpus N`'s ZeRO line (mixed-precision accounting) plus the activation estimate
         info['train_memory'] = {'states': info['zero_memory'][zero]['gpu_bytes'], 'activations': info['train_memory']['activations']}
         info['train_memory']['total'] = sum(info['train_memory'].values())
+        info['train_memory']['fp32_accounting'] = int(fp32_zero_states(info['params']['total'], info['trainable'], zero, world)
+                                                      + info['train_memory']['activations'])
     print(json.dumps({'size': size, 'zero': zero, 'rank': int(os.environ.get('RANK', '0')), 'params': info['params']['total'], 'trainable': info['trainable'], 'weights_measured': after_build - base,
                       'measured': peak - base, 'predicted': info['train_memory']['total'], 'predicted_parts': info['train_memory']}))
 
@@ -93,8 +108,15 @@ def main():
         print(f'{size:>6} {row["params"]:>12,} {row["predicted"] / 2**20:>9.0f} M {row["measured"] / 2**20:>9.0f} M {row["predicted"] / row["measured"]:>9.2f}'
               f'   (states {row["predicted_parts"]["states"] / 2**20:.0f} M, activations {row["predicted_parts"]["activations"] / 2**20:.0f} M;'
               f' weights measured {row["weights_measured"] / 2**20:.0f} M)', flush=True)
+        if a.zero:
+            f = row['predicted_parts']['fp32_accounting']
+            print(f'{"":>6} {"":>12} {f / 2**20:>9.0f} M {"":>11} {f / row["measured"]:>9.2f}   (fp32 CPU accounting, fp32_zero_states; ranks measured '
+                  + ', '.join(f'{m / 2**20:.0f} M' for m in row['ranks_measured']) + ')', flush=True)
     worst = max(abs(r['predicted'] / r['measured'] - 1) for r in rows)
     print(f'memory model: worst |predicted/measured - 1| = {worst:.1%} over {len(rows)} sizes (goal <= 15%)')
+    if a.zero:
+        worst = max(abs(r['predicted_parts']['fp32_accounting'] / r['measured'] - 1) for r in rows)
+        print(f'fp32 CPU accounting: worst |predicted/measured - 1| = {worst:.1%} over {len(rows)} sizes (goal <= 15%)')
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps({'args': vars(a), 'rows': rows}, indent=1))
 
 if __name__ == '__main__':
