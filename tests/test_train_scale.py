@@ -223,13 +223,17 @@ def test_bf16_and_gradient_checkpointing_train_on_cpu(tmp_path, packing):
         assert {'multi_modal_projector', 'language_model'} <= moved, moved
     assert abs(rows['bf16'][0]['loss'] - rows['fp32'][0]['loss']) < 0.05 * rows['fp32'][0]['loss']
 
-def test_packed_rows_on_sdpa_varlen_match_the_block_diagonal_mask(tmp_path):
+def test_packed_rows_on_sdpa_varlen_match_the_block_diagonal_mask(tmp_path, monkeypatch):
     """With packing under `attn_implementation: auto` and no FlashAttention, the Trainer attends packed rows with
     `sdpa_varlen` (causal SDPA per sample); its first-step loss and every gradient equal those of SDPA with the
     block-diagonal mask (attn_implementation: sdpa), and of the padded batch."""
     from pangea_nb.train.loop import Trainer
     from pangea_nb.train.stages import prepare_model, stage_data
-    grads, impl = {}, {}
+    grads, impl, seen = {}, {}, {}
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    def spy(q, *a, **k):                                     # the query lengths SDPA is called with, per arm
+        seen.setdefault(arm, set()).add(q.shape[-2]); return sdpa(q, *a, **k)
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention', spy)
     for name, packing, attn in (('varlen', True, 'auto'), ('mask', True, 'sdpa'), ('padded', False, 'auto')):
         cfg = tiny_cfg(tmp_path/name, max_steps=1, micro_batch_size=6, packing=packing)
         cfg = cfg.replace(model=cfg.model.replace(attn_implementation=attn))
@@ -242,9 +246,11 @@ def test_packed_rows_on_sdpa_varlen_match_the_block_diagonal_mask(tmp_path):
         m.train(); m.zero_grad()
         for mod in m.modules():
             if hasattr(mod, 'attention_dropout'): mod.attention_dropout = 0.0
-        l, n = t.engine.loss(b); (l / n).backward()
+        arm = name; l, n = t.engine.loss(b); (l / n).backward()
+        if packing: row, lens = b['input_ids'].shape[1], [int(x) for x in torch.diff(torch.nonzero(b['position_ids'][0] == 0).flatten(), append=torch.tensor([b['input_ids'].shape[1]]))]
         grads[name] = (l.item() / n, {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None})
     assert impl == {'varlen': 'sdpa_varlen', 'mask': 'sdpa', 'padded': 'sdpa'}, impl
+    assert len(lens) == 6 and row in seen['mask'] and row not in seen['varlen'] and set(lens) <= seen['varlen'], (row, lens, seen)
     for other in ('mask', 'padded'):
         assert abs(grads['varlen'][0] - grads[other][0]) < 1e-5, (other, grads['varlen'][0], grads[other][0])
         assert grads['varlen'][1].keys() == grads[other][1].keys()
