@@ -127,8 +127,8 @@ def colour_base(tmp_path_factory):
 def test_lora_run_learns_resumes_exactly_and_its_adapters_load(tmp_path, colour_base):
     """Stage 2 with LoRA on the LM (r 16, alpha 32, lr 1e-2; the projector trained fully, as LLaVA's LoRA recipe does)
     over a base at the majority answer: the held-out loss falls at every evaluation and the held-out accuracy rises far
-    above the majority answer and the uniform guess (asserted: above twice the better of the two plus 20 points; a
-    120-step probe measured 91% against a 9% majority); a run killed after its checkpoint
+    above the majority answer and the uniform guess (asserted: above twice the better of the two plus 20 points;
+    probes of this setup measured 82% at 60 steps and 91% at 120, against a 9% majority); a run killed after its checkpoint
     resumes to the same losses (dropout masks included); the adapters load merged, unmerged, exported and through
     load_predictor (pangea eval / predict) to the model the run saved."""
     from pangea_nb.contracts import read_jsonl
@@ -138,7 +138,7 @@ def test_lora_run_learns_resumes_exactly_and_its_adapters_load(tmp_path, colour_
     from pangea_nb.train.stages import prepare_model, synth_scores
     base_loss = []
     def run(out, stop=None):
-        cfg = colour_cfg(out, max_steps=80, lr=1e-2, log_every=1, save_every=40, eval_every=20, peft='lora', lora={'r': 16, 'alpha': 32},
+        cfg = colour_cfg(out, max_steps=60, lr=1e-2, log_every=1, save_every=30, eval_every=15, peft='lora', lora={'r': 16, 'alpha': 32},
                          init_from=str(colour_base))
         torch.manual_seed(cfg.seed)                          # as run_stage does: the adapters' initial values
         m, proc = prepare_model(cfg); samples, images = colour_data(cfg)
@@ -151,7 +151,7 @@ def test_lora_run_learns_resumes_exactly_and_its_adapters_load(tmp_path, colour_
     cfg = run(tmp_path/'full')
     rows = list(read_jsonl(tmp_path/'full'/'train_log.jsonl'))
     log = [r for r in rows if r['phase'] == 'train']
-    assert len(log) == 80 and all(r['grad_norm'] > 0 for r in log)
+    assert len(log) == 60 and all(r['grad_norm'] > 0 for r in log)
     ev = [r['eval_loss'] for r in rows if r['phase'] == 'eval']
     assert len(ev) == 4 and base_loss[0] > ev[0] > ev[1] > ev[2] > ev[3], (base_loss, ev)
     # held-out accuracy (greedy answers, as `pangea proof` scores): the base at the majority answer, LoRA far above it
@@ -163,7 +163,7 @@ def test_lora_run_learns_resumes_exactly_and_its_adapters_load(tmp_path, colour_
     base, lora = acc['base'], acc['lora']
     chance = max(lora['synthetic/majority-baseline'], lora['synthetic/uniform-chance'])
     assert len(test) > 150 and base['synthetic'] < 2 * chance < lora['synthetic'] - 20, acc
-    run(tmp_path/'killed', stop=50); run(tmp_path/'killed')
+    run(tmp_path/'killed', stop=35); run(tmp_path/'killed')
     row = lambda r: (r['step'], r['phase'], r.get('loss'), r.get('grad_norm'), r.get('eval_loss'))
     assert [row(r) for r in read_jsonl(tmp_path/'killed'/'train_log.jsonl')] == [row(r) for r in rows]
     # the adapters: small, safetensors, loading merged (= the saved model) or as a PeftModel
