@@ -295,7 +295,7 @@ class ModelConfig(BaseConfig):
     projector: str = 'mlp2x_gelu'        # Pangea/LLaVA-1.5: Linear-GELU-Linear
     image_grid_pinpoints: list = field(default_factory=list)  # anyres resolutions [[h, w], ...] (llava_next)
     dtype: str = 'float32'               # weights dtype on load: 'float32' | 'bfloat16' | 'float16'
-    attn_implementation: str = 'auto'   # 'auto' (flash_attention_2 on CUDA with flash_attn, else sdpa) | 'sdpa' | 'eager' | 'flash_attention_2'
+    attn_implementation: str = 'auto'   # 'auto' (flash_attention_2 on CUDA with flash_attn, else sdpa; sdpa_varlen when packing) | 'sdpa' | 'sdpa_varlen' | 'eager' | 'flash_attention_2'
     trust_remote_code: bool = False      # off: never run code shipped with a checkpoint unless asked
 
     def validate(self):
@@ -304,7 +304,7 @@ class ModelConfig(BaseConfig):
         self.check_choice('projector', ('mlp2x_gelu', 'linear'))
         self.check_choice('dtype', ('float32', 'bfloat16', 'float16'))
         self.check_choice('vision_feature_select', ('default', 'full'))
-        self.check_choice('attn_implementation', ('auto', 'sdpa', 'eager', 'flash_attention_2'))
+        self.check_choice('attn_implementation', ('auto', 'sdpa', 'sdpa_varlen', 'eager', 'flash_attention_2'))
         for k in ('hidden_size', 'n_layers', 'n_heads', 'intermediate_size', 'vocab_size', 'max_position',
                   'image_size', 'patch_size', 'vision_hidden', 'vision_layers', 'vision_heads'):
             self.check(k, getattr(self, k) > 0, 'must be > 0')

@@ -15,9 +15,10 @@ from .tokenizer import prepare_tokenizer, load_tokenizer, IMAGE_TOKEN
 
 # %% auto #0
 __all__ = ['COMPONENT_PREFIXES', 'STAGE_TRAINABLE', 'text_config', 'vision_config', 'llava_config', 'init_projector',
-           'LinearProjector', 'resolve_attn_implementation', 'build_model', 'image_feature_spread', 'build_processor',
-           'n_image_tokens', 'component_of', 'param_counts', 'zero_memory', 'lm_activation_bytes', 'train_memory',
-           'model_info', 'build_model_meta', 'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained',
+           'LinearProjector', 'resolve_attn_implementation', 'sdpa_varlen_attention', 'register_sdpa_varlen',
+           'use_varlen_attention', 'build_model', 'image_feature_spread', 'build_processor', 'n_image_tokens',
+           'component_of', 'param_counts', 'zero_memory', 'lm_activation_bytes', 'train_memory', 'model_info',
+           'build_model_meta', 'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained',
            'model_tokenizer', 'load_adapter']
 
 # %% ../../nbs/21_model.ipynb #53b63977
@@ -90,6 +91,40 @@ def resolve_attn_implementation(requested:str = 'auto', device=None, cuda:bool |
         raise ValueError('model.attn_implementation: flash_attention_2 needs a CUDA GPU and the flash_attn package '
                          f"({'no CUDA' if not cuda else 'flash_attn is not installed'}); use auto or sdpa")
     return requested
+
+# %% ../../nbs/21_model.ipynb #a9930faf
+def sdpa_varlen_attention(module, query, key, value, attention_mask, position_ids=None, **kwargs):
+    """SDPA on a packed row one sample at a time: causal attention within each run of `position_ids` that starts at 0,
+    so compute is sum(len^2) rather than the (sum len)^2 of the block-diagonal mask. Anything else (padded batches,
+    generation with a cache, one sample per row) goes to transformers' SDPA unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    B, _, T, _ = query.shape
+    starts = [] if position_ids is None or B != 1 or key.shape[2] != T or position_ids.shape[-1] != T \
+        else (position_ids.reshape(-1) == 0).nonzero().flatten().tolist()
+    if len(starts) < 2 or starts[0] != 0:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    kwargs.pop('is_causal', None)
+    outs = [sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, is_causal=True, **kwargs)[0]
+            for a, b in zip(starts, starts[1:] + [T])]
+    return torch.cat(outs, dim=1), None       # (B, T, heads, head_dim), as sdpa_attention_forward returns
+
+def register_sdpa_varlen():
+    "Make 'sdpa_varlen' an attention implementation transformers knows (its mask is SDPA's, used only for fallbacks)."
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    AttentionInterface.register('sdpa_varlen', sdpa_varlen_attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register('sdpa_varlen', sdpa_mask)
+
+register_sdpa_varlen()
+
+def use_varlen_attention(model, requested:str = 'auto') -> str:
+    """With packing and `attn_implementation: auto`, switch the LM from 'sdpa' to 'sdpa_varlen' (FlashAttention-2, when
+    chosen, already runs packed rows varlen); returns the LM's implementation after."""
+    lm_cfg = model.config.get_text_config() if hasattr(model.config, 'get_text_config') else model.config
+    if requested == 'auto' and lm_cfg._attn_implementation == 'sdpa':
+        lm_cfg._attn_implementation = 'sdpa_varlen'
+    return lm_cfg._attn_implementation
+
 
 # %% ../../nbs/21_model.ipynb #5cc7363e
 def _load_part(target:nn.Module, path, cls_name:str, trust_remote_code:bool):

@@ -15,7 +15,7 @@ import torch
 from ..config import RunConfig, TrainConfig, ModelConfig, write_manifest, config_hash
 from ..contracts import append_jsonl, read_jsonl, atomic_write_json, atomic_write_text, save_fig, new_figure
 from ..data.schema import RecordError
-from ..model.build import component_of, build_model, build_processor, save_model, load_pretrained, model_tokenizer, STAGE_TRAINABLE
+from ..model.build import component_of, build_model, build_processor, save_model, load_pretrained, model_tokenizer, STAGE_TRAINABLE, use_varlen_attention
 from ..model.collate import (SampleEncoder, collate, token_loss_sum, random_batches, length_grouped_batches,
                                      IGNORE_INDEX)
 
@@ -289,6 +289,7 @@ class Trainer:
     "Train one stage of `cfg` on `samples` into `out_dir` (resuming from its latest checkpoint)."
     def __init__(self, cfg:RunConfig, model, processor, samples:list, images=None, eval_samples=None, out_dir=None, engine=None):
         model = apply_peft(model, cfg.train)                  # LoRA adapters (train.peft); unchanged otherwise
+        if cfg.train.packing: use_varlen_attention(model, cfg.model.attn_implementation)   # SDPA per packed sample, not the (sum len)^2 mask
         self.cfg, self.tc, self.model, self.proc = cfg, cfg.train, model, processor
         self.out = Path(out_dir or cfg.out_path)
         self.samples, self.eval_samples = samples, eval_samples or []
