@@ -145,14 +145,15 @@ def _groups() -> dict:
 HEADLINE = {'generate': {'cvqa': 'accuracy', 'synthetic': 'exact_match'}, 'loglik': {'cvqa': 'loglik_accuracy', 'synthetic': 'loglik_accuracy'}}
 
 def _runs(sweep) -> list[tuple[str, dict, list]]:
-    "(run id, grid point, result rows) of every finished run of `sweep` (a spec file or a sweep folder)."
+    "(run id, grid point, result rows) of every finished run of `sweep`: a spec file (grid order) or a sweep folder (name order)."
     from pangea_nb.config import SweepConfig
-    p = Path(sweep)
+    p, order = Path(sweep), {}
     if p.is_file():
-        from pangea_nb.sweep.runner import sweep_dir
-        p = sweep_dir(SweepConfig.load(p))
+        from pangea_nb.sweep.runner import sweep_dir, expand_grid
+        spec = SweepConfig.load(p)
+        p, order = sweep_dir(spec), {pl.run_id: pl.index for pl in expand_grid(spec)}
     out = []
-    for m in sorted(p.glob('*/metrics.json')):
+    for m in sorted(p.glob('*/metrics.json'), key=lambda m: (order.get(m.parent.name, len(order)), m.parent.name)):
         params = json.loads((m.parent/'params.json').read_text()) if (m.parent/'params.json').exists() else {'point': {}}
         out.append((m.parent.name, params.get('point', {}), json.loads(m.read_text())['rows']))
     if not out: raise FileNotFoundError(f'{p}: no finished runs (no */metrics.json)')
