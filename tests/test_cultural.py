@@ -301,3 +301,13 @@ def test_culturalpangea_ablation_spec_offline_tiny(tmp_path):
     gains = pd.read_csv(tmp_path/'figs'/'culturalpangea_gains_generate.csv')
     assert set(gains['lang']) == {'en', 'sw'} and 'gain: cultural.mix=append' in gains.columns and gains['resource_level'].notna().all()
     assert (tmp_path/'figs'/'culturalpangea_gains_generate.png').exists()
+
+def test_culturalpangea_eval_bundle_shows_and_names_each_metric():
+    "`pangea config show culturalpangea --kind eval`: the culture and mainstream tasks, each with a data path and a metric."
+    d = yaml.safe_load(pangea('config', 'show', 'culturalpangea', '--kind', 'eval').stdout)
+    assert d['groups'] == {'culture': ['cvqa', 'marvl', 'alm-bench', 'merlin', 'maxm', 'm3exam', 'xm100'],
+                           'mainstream': ['mmbench', 'scienceqa', 'mme', 'pope', 'ai2d']}
+    from pangea_nb.eval.tasks import get_task
+    for t in d['tasks']:
+        assert d['data'][t] and d['metrics'][t] in get_task(t).metrics and d['notes'][t], t
+    assert 'stand-in' in d['notes']['alm-bench'] and d['metrics']['alm-bench'] == 'standin_score'
