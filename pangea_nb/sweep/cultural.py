@@ -14,8 +14,8 @@ from ..config import RunConfig, config_hash
 from ..contracts import atomic_open, atomic_write_json, atomic_write_text, make_once, read_jsonl
 
 # %% auto #0
-__all__ = ['FIXTURES', 'HEADLINE', 'LEVELS', 'cultural_langs', 'entity_source', 'select_entity_file', 'build_settings',
-           'cultural_build', 'split_build', 'write_cvqa_release', 'add_cultural', 'culture_vs_mainstream', 'plot_gains',
+__all__ = ['FIXTURES', 'LEVELS', 'cultural_langs', 'entity_source', 'select_entity_file', 'build_settings', 'cultural_build',
+           'split_build', 'write_cvqa_release', 'add_cultural', 'headline', 'culture_vs_mainstream', 'plot_gains',
            'ablation_report', 'ablation_report_cmd']
 
 # %% ../../nbs/55a_cultural_run.ipynb #ca851956
@@ -142,7 +142,11 @@ def _groups() -> dict:
     g = EvalConfig.preset('culturalpangea').groups
     return {'culture': set(g['culture']), 'mainstream': set(g['mainstream']) | {'synthetic'}}
 
-HEADLINE = {'generate': {'cvqa': 'accuracy', 'synthetic': 'exact_match'}, 'loglik': {'cvqa': 'loglik_accuracy', 'synthetic': 'loglik_accuracy'}}
+def headline(task:str, mode:str) -> str:
+    "The one metric a task contributes in `mode`: the bundle's metric (generate), option log-likelihood accuracy (loglik)."
+    from pangea_nb.config import EvalConfig
+    if mode == 'loglik': return 'loglik_accuracy'
+    return {'synthetic': 'exact_match', **EvalConfig.preset('culturalpangea').metrics}.get(task, 'accuracy')
 
 def _runs(sweep) -> list[tuple[str, dict, list]]:
     "(run id, grid point, result rows) of every finished run of `sweep`: a spec file (grid order) or a sweep folder (name order)."
@@ -167,19 +171,22 @@ def culture_vs_mainstream(sweep, mode:str = 'generate', baseline:str | None = No
     "(per-arm table, per-language table) of culture vs mainstream scores of a CulturalPangea ablation sweep."
     import pandas as pd
     from pangea_nb.languages import get_language
-    groups, head = _groups(), HEADLINE[mode]
-    recs = []
+    if mode not in ('generate', 'loglik'): raise ValueError(f"mode must be 'generate' or 'loglik', got {mode!r}")
+    groups, recs = _groups(), []
     for rid, point, rows in _runs(sweep):
         for r in rows:
             t = r['task']
-            metric = head.get(t) or (r['metric'] if mode == 'generate' and not r['metric'].startswith('loglik') else None)
-            if r['lang'] in ('mul', 'all') or r['metric'] != metric: continue
+            if r['lang'] in ('mul', 'all') or r['metric'] != headline(t, mode): continue
             g = 'culture' if t in groups['culture'] else 'mainstream' if t in groups['mainstream'] else None
             if g: recs.append({'arm': _arm(point), 'seed': point.get('seed'), 'group': g, 'task': t, 'lang': r['lang'], 'value': r['value'], 'n': r['n']})
     df = pd.DataFrame(recs)
     if df.empty: raise ValueError(f'{sweep}: no culture or mainstream results in mode {mode!r}')
     arms = list(dict.fromkeys(df['arm']))
-    per_arm = df.groupby(['arm', 'group'])['value'].mean().unstack('group').reindex(arms).reset_index()
+    from pangea_nb.contracts import RATE_METRICS
+    rate = df[[headline(t, mode) in RATE_METRICS for t in df['task']]]      # group means over 0-100 metrics only (not MME's sum, CIDEr)
+    per_arm = rate.groupby(['arm', 'group'])['value'].mean().unstack('group').reindex(arms)
+    per_task = df.groupby(['arm', 'task'])['value'].mean().unstack('task').reindex(arms)
+    per_arm = per_arm.join(per_task.add_prefix('task: ')).reset_index()
     cul = df[df.group == 'culture'].groupby(['lang', 'arm'])['value'].mean().unstack('arm').reindex(columns=arms)
     base = baseline or arms[0]
     if base not in cul.columns: raise ValueError(f'baseline arm {base!r} is not one of {arms}')
