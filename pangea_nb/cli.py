@@ -44,6 +44,7 @@ COMMANDS = {  # 'group sub' -> ('module:function', one-line help)
     'cultural build': ('pangea_nb.cultural.build:build_cmd', 'CulturalGround: Wikidata entities -> Commons images -> multilingual template VQA (-> LLM refinement -> VLM filter); resumable'),
     'cultural mix':  ('pangea_nb.cultural.mix:mix_cmd', "The CulturalPangea training mixture: CulturalGround interleaved with general data in the paper's proportions"),
     'cultural recipe': ('pangea_nb.cultural.recipe:recipe_cmd', 'The CulturalPangea fine-tuning run config (init from a Pangea checkpoint, lr 5e-6, vision frozen); run it with pangea train'),
+    'cultural ablation-report': ('pangea_nb.sweep.cultural:ablation_report_cmd', 'CulturalPangea ablations: culture vs mainstream per arm, per-language culture gains against resource level (tables + figure)'),
     'pixmo regenerate': ('pangea_nb.pixmo.regenerate:regenerate_cli', 'Multi-PixMo: regenerate or translate PixMo-Cap / PixMo-AMA / CoSyn items into target languages with QC and grounding checks (resumable)'),
     'pixmo translate-bench': ('pangea_nb.pixmo.bench:translate_bench_cli', 'Multi-PixMo: translate MMBench / ScienceQA / MME / POPE / AI2D with aligned options, in the layouts pangea eval reads'),
     'pixmo human-export': ('pangea_nb.pixmo.human:human_export_cli', 'Multi-PixMo: a stratified sample of a regeneration run as CSV + HTML sheets for annotators'),

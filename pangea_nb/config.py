@@ -17,8 +17,8 @@ from .contracts import atomic_write_json, atomic_write_text
 __all__ = ['YAML_MAX_BYTES', 'YAML_MAX_DEPTH', 'YAML_MAX_ALIASES', 'YAML_MAX_NODES', 'POOL_KINDS', 'MANIFEST_PACKAGES',
            'pangea_home', 'home_path', 'project_root', 'figures_dir', 'shared_path', 'ConfigError', 'load_yaml',
            'BaseConfig', 'config_hash', 'DataConfig', 'ModelConfig', 'TrainConfig', 'EvalConfig', 'SweepConfig',
-           'PretrainConfig', 'PixmoConfig', 'RunConfig', 'package_versions', 'git_state', 'device_info', 'run_manifest',
-           'write_manifest']
+           'PretrainConfig', 'PixmoConfig', 'CulturalRunConfig', 'RunConfig', 'package_versions', 'git_state',
+           'device_info', 'run_manifest', 'write_manifest']
 
 # %% ../nbs/00_config.ipynb #228a6ac7
 def pangea_home() -> Path:
@@ -438,6 +438,9 @@ class EvalConfig(BaseConfig):
     judge: str | None = None                     # backend for judge-scored tasks (xChat, M-LLaVA-Bench)
     modes: list = field(default_factory=list)    # score in several modes in one run (the run template); [] = just `mode`
     synthetic_n: int = 60                        # held-out synthetic test items per language (the run template's world)
+    metrics: dict = field(default_factory=dict)  # {task: metric}: the number a bundle reports per task, as its paper scores it
+    groups: dict = field(default_factory=dict)   # {group: [tasks]}: e.g. culture vs mainstream in the CulturalPangea bundle
+    notes: dict = field(default_factory=dict)    # {task: how the paper scores it, and any offline stand-in used here}
 
     def validate(self):
         self.check_choice('mode', ('generate', 'loglik'))
@@ -446,6 +449,11 @@ class EvalConfig(BaseConfig):
         self.check('batch_size', self.batch_size > 0, 'must be > 0')
         if self.max_new_tokens is not None: self.check('max_new_tokens', self.max_new_tokens > 0, 'must be > 0')
         if self.limit is not None: self.check('limit', self.limit > 0, 'must be > 0')
+        from pangea_nb.contracts import METRICS
+        self.check('metrics', set(self.metrics) <= set(self.tasks), f'keys must be among tasks {self.tasks}')
+        self.check('metrics', set(self.metrics.values()) <= METRICS, 'values must be metric names of the result vocabulary (contracts.METRICS)')
+        self.check('groups', all(isinstance(v, list) and set(v) <= set(self.tasks) for v in self.groups.values()), f'each group must list tasks among {self.tasks}')
+        self.check('notes', set(self.notes) <= set(self.tasks), f'keys must be among tasks {self.tasks}')
 
 @dataclass
 class SweepConfig(BaseConfig):
@@ -470,6 +478,30 @@ class SweepConfig(BaseConfig):
         if self.threads_per_run is not None: self.check('threads_per_run', self.threads_per_run > 0, 'must be > 0')
         if self.preset is not None: self.check('preset', self.preset in RunConfig.PRESETS, f'must be a RunConfig preset {sorted(RunConfig.PRESETS)}')
 
+# %% ../nbs/00_config.ipynb #3345250b
+_B = '/data/benchmarks'
+EvalConfig.PRESETS = {
+    'culturalpangea': dict(
+        tasks=['cvqa', 'marvl', 'alm-bench', 'merlin', 'maxm', 'm3exam', 'xm100', 'mmbench', 'scienceqa', 'mme', 'pope', 'ai2d'],
+        data={t: f'{_B}/{t}' for t in ('cvqa', 'marvl', 'alm-bench', 'merlin', 'maxm', 'm3exam', 'xm100', 'mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')},
+        images={'marvl': f'{_B}/marvl/images', 'maxm': f'{_B}/xm3600/images', 'xm100': f'{_B}/xm100/images',
+                'scienceqa': f'{_B}/scienceqa/images', 'pope': f'{_B}/coco/val2014', 'ai2d': f'{_B}/ai2d/images'},
+        metrics={'cvqa': 'accuracy', 'marvl': 'accuracy', 'alm-bench': 'standin_score', 'merlin': 'accuracy', 'maxm': 'exact_match',
+                 'm3exam': 'accuracy', 'xm100': 'cider_d', 'mmbench': 'circular_accuracy', 'scienceqa': 'accuracy', 'mme': 'mme_score',
+                 'pope': 'f1', 'ai2d': 'accuracy'},
+        groups={'culture': ['cvqa', 'marvl', 'alm-bench', 'merlin', 'maxm', 'm3exam', 'xm100'],
+                'mainstream': ['mmbench', 'scienceqa', 'mme', 'pope', 'ai2d']},
+        notes={'cvqa': 'multiple-choice accuracy (Pangea: 64.4 / 57.2)', 'marvl': 'accuracy; English = NLVR2 (Pangea: 87.0 / 79.0)',
+               'alm-bench': 'paper: GPT-4o judge (0/10 closed, 0-10 open); offline stand-in standin_score = relaxed match on '
+                            'closed, SQuAD F1 on open questions; the judged score is not computed here',
+               'merlin': 'entity linking; exact match against the English Wikipedia title or Wikidata id (the paper\'s protocol '
+                         'is not in the material here)',
+               'maxm': 'exact match (Pangea: 55.3 / 53.2)', 'm3exam': 'accuracy (Pangea: 61.4 / 42.1)',
+               'xm100': 'CIDEr, reported as CIDEr-D x100 (Pangea: 30.4 / 14.2)', 'mmbench': 'CircularEval accuracy (dev split)',
+               'scienceqa': 'accuracy (image questions)', 'mme': 'perception score (sum of acc + acc+ over subtasks)',
+               'pope': 'F1 of "yes"', 'ai2d': 'accuracy'}),
+}
+
 # %% ../nbs/00_config.ipynb #75ba73cf
 @dataclass
 class PretrainConfig(BaseConfig):
@@ -490,8 +522,34 @@ class PixmoConfig(BaseConfig):
         self.check('n_train', self.n_train > 0, 'must be > 0')
         self.check('error_rate', 0.0 <= self.error_rate <= 1.0, 'must be in [0, 1]')
 
+# %% ../nbs/00_config.ipynb #7c9283ae
+@dataclass
+class CulturalRunConfig(BaseConfig):
+    "CulturalGround data in a run's stage 2, and the CulturalPangea ablation axes (nbs/55a)."
+    enabled: bool = False                # stage 2 also trains on CulturalGround (and the culture test is scored)
+    entities: str = ''                   # entity JSON files/folders for the build; '' = the shipped fixtures (offline)
+    langs: list = field(default_factory=list)  # languages of the build; [] = 'en' + data.langs
+    refine: bool = False                 # the LLM refinement of template questions (paper: Qwen2.5-72B)
+    refine_backend: str | None = None    # backend spec of the refiner (needed when refine is on)
+    filter: bool = False                 # the VLM image-question relevance filter (paper: Qwen2.5-VL-72B)
+    filter_backend: str | None = None    # backend spec of the filter (needed when filter is on)
+    mix: str = 'interleave'              # 'interleave' (one shuffled stage 2) | 'append' (general data first, then CulturalGround)
+    held_out_lang: str | None = None     # a language left out of the CulturalGround training data (scored zero-shot)
+    ranking: str = 'none'                # entity order before max_entities: 'none' | 'sitelinks' (global) | 'regional' (nbs/80)
+    max_entities: int | None = None      # keep this many cultural entities after ranking; None = all
+
+    def validate(self):
+        self.check_choice('mix', ('interleave', 'append'))
+        self.check_choice('ranking', ('none', 'sitelinks', 'regional'))
+        if self.refine: self.check('refine_backend', bool(self.refine_backend), 'is needed when refine is on')
+        if self.filter: self.check('filter_backend', bool(self.filter_backend), 'is needed when filter is on')
+        if self.max_entities is not None: self.check('max_entities', self.max_entities > 0, 'must be > 0')
+        if self.held_out_lang is not None:
+            self.check('held_out_lang', not self.langs or self.held_out_lang in self.langs, 'must be one of langs')
+
 # %% ../nbs/00_config.ipynb #65852c62
 _SECTIONS = {'data': DataConfig, 'model': ModelConfig, 'train': TrainConfig, 'eval': EvalConfig, 'pretrain': PretrainConfig, 'pixmo': PixmoConfig}
+_SECTIONS['cultural'] = CulturalRunConfig   # the CulturalPangea ablations (nbs/55a)
 
 @dataclass
 class RunConfig(BaseConfig):
@@ -502,6 +560,7 @@ class RunConfig(BaseConfig):
     eval: EvalConfig = field(default_factory=EvalConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     pixmo: PixmoConfig = field(default_factory=PixmoConfig)
+    cultural: CulturalRunConfig = field(default_factory=CulturalRunConfig)
     name: str = 'run'
     seed: int = 0
     output_dir: str | None = None        # None = $PANGEA_HOME/runs/<name>

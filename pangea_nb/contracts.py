@@ -73,6 +73,7 @@ RATE_METRICS = {  # reported in percent, 0-100
     'accuracy_plus',           # MME acc+: both questions of an image right
     'precision', 'recall', 'yes_ratio'}   # POPE (positive class: "yes")
 RATE_METRICS |= {'wrong_language_rate', 'language_undetermined_rate'}   # answer-language fidelity of generated replies (eval.langfid)
+RATE_METRICS |= {'standin_score'}   # an offline stand-in for a judge-scored benchmark's score (eval.culture_tasks: ALM-Bench)
 OTHER_METRICS = {  # on their own scales
     'cider', 'cider_d',        # reported x100 of pycocoevalcap's (already x10) score (Pangea's XM100: 30.4)
     'judge_score',             # rubric mean, 1-5 (0 where the language rule applies)

@@ -253,3 +253,61 @@ def test_recipe_trains_through_pangea_train(tmp_path):
     assert rep['summary']['final'] == 0 and rep['validation']['rejected'] == 0
     rej = [json.loads(l) for l in (tmp_path/'cg2'/'rejects.jsonl').read_text().splitlines()]
     assert len(rej) == F['in'] and all(r['stage'] == 'filter' and r['reasons'] == ['unparseable'] for r in rej)
+
+# --- the CulturalPangea ablations through the run template ----------------------------------------------------------------
+
+def test_culturalpangea_ablation_spec_offline_tiny(tmp_path):
+    "Two grid points of sweeps/culturalpangea_ablations.yaml (interleave vs append, Swahili held out) at smoke size, then the report."
+    from pangea_nb.config import SweepConfig
+    from pangea_nb.sweep.runner import expand_grid
+    full = SweepConfig.load(ROOT/'sweeps'/'culturalpangea_ablations.yaml')
+    assert len(expand_grid(full)) == 16 and {'cultural.refine', 'cultural.filter', 'cultural.mix', 'cultural.held_out_lang'} <= set(full.grid)
+    base = {**full.base, 'data': {'n_samples': 48, 'langs': ['sw']}, 'train': {'micro_batch_size': 8},
+            'eval': {'synthetic_n': 3, 'modes': ['generate', 'loglik']},
+            'cultural': {'enabled': True, 'langs': ['en', 'sw'], 'held_out_lang': 'sw'},
+            'stages': [{'train.stage': 0, 'train.lr': 0.003, 'train.max_steps': 4, 'data.n_samples': 200},
+                       {'train.stage': 1, 'train.lr': 0.001, 'train.max_steps': 4, 'data.n_samples': 200, 'data.english_ratio': 1.0},
+                       {'train.stage': 2, 'train.max_steps': 8}]}
+    spec = tmp_path/'cg.yaml'
+    spec.write_text(yaml.safe_dump({**full.to_dict(), 'base': base, 'grid': {'cultural.mix': ['interleave', 'append']},
+                                    'out_dir': str(tmp_path/'runs'), 'jobs': 1, 'template': str(ROOT/'nbs'/'sweeps'/'run.ipynb')}))
+    r = subprocess.run([str(BIN/'pangea'), 'sweep', str(spec), '--quiet'], capture_output=True, text=True, timeout=600,
+                       env={**os.environ, 'PANGEA_HOME': str(tmp_path/'home')})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    runs = {json.loads((m.parent/'params.json').read_text())['point']['cultural.mix']: m.parent for m in (tmp_path/'runs').glob('*/metrics.json')}
+    assert set(runs) == {'interleave', 'append'}
+    for mix, d in runs.items():
+        rows = json.loads((d/'metrics.json').read_text())['rows']
+        got = {(x['task'], x['lang'], x['metric']) for x in rows}
+        assert {('cvqa', l, m) for l in ('en', 'sw') for m in ('accuracy', 'loglik_accuracy')} <= got and ('synthetic', 'sw', 'exact_match') in got
+        info = json.loads((d/'cultural.json').read_text())
+        assert info['split']['held_out:sw'] > 0 and info['split']['test:sw'] > 0 and 'train:sw' not in info['split']
+        train = [json.loads(l) for l in (d/'culturalground'/'train.jsonl').read_text().splitlines()]
+        assert len(train) == info['train_samples'] > 0 and {s['language'] for s in train} == {'en'}
+        log = [json.loads(l) for l in (d/'stage2'/'train_log.jsonl').read_text().splitlines() if l.strip()]
+        if mix == 'append':                       # the general phase first, then CulturalGround for the remaining steps
+            s = info['append_steps']
+            assert s['general'] + s['culturalground'] == 8 and s['general'] >= 1 and (d/'general'/'stage2').is_dir()
+            assert log[-1]['step'] == s['culturalground']
+        else: assert 'append_steps' not in info and log[-1]['step'] == 8
+    # every arm is scored on the same culture test
+    assert len({(runs[m]/'culturalground'/'culture_test'/'data'/'test-00000-of-00001.parquet').read_bytes() for m in runs}) == 1
+    r = subprocess.run([str(BIN/'pangea'), 'cultural', 'ablation-report', str(spec), '--out', str(tmp_path/'figs'), '--baseline', 'cultural.mix=interleave'],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    import pandas as pd
+    arms = pd.read_csv(tmp_path/'figs'/'culturalpangea_arms_generate.csv')
+    assert list(arms['arm']) == ['cultural.mix=interleave', 'cultural.mix=append'] and {'culture', 'mainstream'} <= set(arms.columns)
+    gains = pd.read_csv(tmp_path/'figs'/'culturalpangea_gains_generate.csv')
+    assert set(gains['lang']) == {'en', 'sw'} and 'gain: cultural.mix=append' in gains.columns and gains['resource_level'].notna().all()
+    assert (tmp_path/'figs'/'culturalpangea_gains_generate.png').exists()
+
+def test_culturalpangea_eval_bundle_shows_and_names_each_metric():
+    "`pangea config show culturalpangea --kind eval`: the culture and mainstream tasks, each with a data path and a metric."
+    d = yaml.safe_load(pangea('config', 'show', 'culturalpangea', '--kind', 'eval').stdout)
+    assert d['groups'] == {'culture': ['cvqa', 'marvl', 'alm-bench', 'merlin', 'maxm', 'm3exam', 'xm100'],
+                           'mainstream': ['mmbench', 'scienceqa', 'mme', 'pope', 'ai2d']}
+    from pangea_nb.eval.tasks import get_task
+    for t in d['tasks']:
+        assert d['data'][t] and d['metrics'][t] in get_task(t).metrics and d['notes'][t], t
+    assert 'stand-in' in d['notes']['alm-bench'] and d['metrics']['alm-bench'] == 'standin_score'

@@ -8,7 +8,7 @@ Docs: https://pangea-nb.github.io/pangea_nb/cultural_recipe.html.md"""
 from __future__ import annotations
 from pathlib import Path
 import json
-from ..config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from ..config import DataConfig, EvalConfig, ModelConfig, RunConfig, TrainConfig
 
 # %% auto #0
 __all__ = ['CULTURALPANGEA_TRAIN', 'culturalpangea_train', 'source_views', 'culturalpangea_run', 'recipe_cmd']
@@ -64,8 +64,9 @@ def culturalpangea_run(init_from:str,                 # the Pangea checkpoint (a
     views = source_views(mix)
     pools = [{'id': src, 'kind': 'llava', 'path': str(f), 'root': str(mix), 'image_root': str(mix)} for src, (f, _) in views.items()]
     data = DataConfig(pools=pools, n_samples=sum(n for _, n in views.values()), english_ratio=None, lang_proportions='natural')
+    ev = EvalConfig.preset('culturalpangea') if scale == '7b' else EvalConfig()   # 7b: the culture + mainstream bundle (nbs/00_config)
     return RunConfig(model=_model_config(init_from, scale), data=data, train=culturalpangea_train(scale, str(init_from), **(train_over or {})),
-                     name=name, output_dir=output_dir)
+                     eval=ev, name=name, output_dir=output_dir)
 
 def recipe_cmd(init_from:str,             # the Pangea checkpoint (model or run folder)
                mixture:str,               # a folder written by `pangea cultural mix ... --materialize`

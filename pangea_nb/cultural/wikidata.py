@@ -16,9 +16,10 @@ from ..data.schema import RecordError
 from ..config import load_yaml
 
 # %% auto #0
-__all__ = ['ASSET_DIR', 'KINDS', 'VALUE_TYPES', 'PID_RE', 'QID_RE', 'RANKS', 'ENTITY_SUFFIXES', 'cultural_assets',
-           'WikidataProperty', 'load_properties', 'property_ids', 'Region', 'load_regions', 'pick_label', 'Claim',
-           'parse_claim', 'Entity', 'parse_entity', 'iter_entity_objects', 'entity_files', 'read_entities', 'region_of']
+__all__ = ['ASSET_DIR', 'KINDS', 'VALUE_TYPES', 'PID_RE', 'QID_RE', 'RANKS', 'ENTITY_SUFFIXES', 'NON_LANGUAGE_WIKIS', 'RANKINGS',
+           'cultural_assets', 'WikidataProperty', 'load_properties', 'property_ids', 'Region', 'load_regions',
+           'pick_label', 'Claim', 'parse_claim', 'Entity', 'parse_entity', 'iter_entity_objects', 'entity_files',
+           'read_entities', 'region_of', 'wiki_language', 'regional_share', 'rank_entities', 'select_entities']
 
 # %% ../../nbs/80_cultural_wikidata.ipynb #8407eff5
 ASSET_DIR = Path(__file__).parent.parent/'assets'/'cultural' if '__file__' in globals() else None
@@ -166,6 +167,7 @@ class Entity:
     descriptions: dict = field(default_factory=dict)  # {wikidata lang code: description}
     claims: dict = field(default_factory=dict)        # {P-id: [Claim, ...]}
     sitelinks: int = 0
+    sites: list = field(default_factory=list)         # the sitelinks' site ids ('jawiki', ...): where the entity has an article
     redirected_from: list = field(default_factory=list)  # ids that redirect here
     origin: str = ''                                   # file:record or endpoint the entity was read from
 
@@ -213,7 +215,8 @@ def parse_entity(obj:dict, origin:str = '', keep_langs=None, keep_props=None) ->
         cs = [c for c in (parse_claim(s) for s in (sts if isinstance(sts, list) else []) if isinstance(s, dict)) if c]
         if cs: parsed[pid] = cs
     e = Entity(rid, _texts(obj.get('labels'), 'labels', rid), _texts(obj.get('aliases'), 'aliases', rid, many=True),
-               _texts(obj.get('descriptions'), 'descriptions', rid), parsed, len(obj.get('sitelinks') or {}), origin=origin)
+               _texts(obj.get('descriptions'), 'descriptions', rid), parsed, len(obj.get('sitelinks') or {}),
+               sites=sorted(obj.get('sitelinks') or {}) if isinstance(obj.get('sitelinks'), dict) else [], origin=origin)
     if keep_langs is not None:
         keep = lambda d: {k: v for k, v in d.items() if k in keep_langs}
         e.labels, e.aliases, e.descriptions = keep(e.labels), keep(e.aliases), keep(e.descriptions)
@@ -333,3 +336,52 @@ def region_of(e:Entity, regions:dict, region_props=None) -> str | None:
         for q in e.items(pid):
             if q in regions: return q
     return None
+
+# %% ../../nbs/80_cultural_wikidata.ipynb #57a5999a
+NON_LANGUAGE_WIKIS = {'commonswiki', 'wikidatawiki', 'specieswiki', 'metawiki', 'mediawikiwiki', 'sourceswiki', 'simplewiki',
+                      'foundationwiki', 'outreachwiki', 'incubatorwiki', 'wikimaniawiki'}
+
+def wiki_language(site:str) -> str | None:
+    "The registry language of a Wikipedia site id ('jawiki' -> 'ja'); None for other projects and unknown codes."
+    if not site.endswith('wiki') or site in NON_LANGUAGE_WIKIS: return None
+    return _registry_code(site[:-4].replace('_', '-'))
+
+def regional_share(e:Entity, region:Region | None, count_english:bool = False) -> tuple[float, int]:
+    "(share of `e`'s Wikipedia sitelinks in `region`'s languages, their count); (0, 0) without a region or sitelinks."
+    if region is None: return 0.0, 0
+    if e.sitelinks and not e.sites:
+        raise ValueError(f'{e.id} ({e.origin}): regional ranking needs the sitelinks\' sites, but only their count ({e.sitelinks}) '
+                         'is known (the SPARQL source gives only the count): read entities from Wikidata JSON instead')
+    wanted = {l for l in region.langs if count_english or l != 'en'}
+    langs = [l for l in map(wiki_language, e.sites) if l]
+    if not langs: return 0.0, 0
+    n = sum(l in wanted for l in langs)
+    return n / len(langs), n
+
+# %% ../../nbs/80_cultural_wikidata.ipynb #1d8f71de
+RANKINGS = ('none', 'sitelinks', 'regional')
+
+def rank_entities(ents, regions:dict, ranking:str = 'regional', count_english:bool = False) -> list[Entity]:
+    "The entities of `ents` that have a region, best first by `ranking` (see above)."
+    if ranking not in RANKINGS: raise ValueError(f'ranking must be one of {RANKINGS}, got {ranking!r}')
+    cands = [(e, region_of(e, regions)) for e in ents]
+    cands = [(e, r) for e, r in cands if r is not None]
+    if ranking == 'none': return [e for e, _ in cands]
+    if ranking == 'sitelinks': return [e for e, _ in sorted(cands, key=lambda c: (-c[0].sitelinks, c[0].id))]
+    key = {e.id: regional_share(e, regions[r], count_english) for e, r in cands}
+    return [e for e, _ in sorted(cands, key=lambda c: (-key[c[0].id][0], -key[c[0].id][1], -c[0].sitelinks, c[0].id))]
+
+def select_entities(ents, regions:dict, ranking:str = 'regional', max_entities:int | None = None, per_region:bool = False) -> list[Entity]:
+    "Every entity without a region, plus the top `max_entities` ranked regional ones (per region with `per_region`)."
+    ents = list(ents)
+    ranked = rank_entities(ents, regions, ranking)
+    if max_entities is not None:
+        if per_region:
+            seen = Counter(); keep = []
+            for e in ranked:
+                r = region_of(e, regions)
+                if seen[r] < max_entities: keep.append(e); seen[r] += 1
+            ranked = keep
+        else: ranked = ranked[:max_entities]
+    chosen = {e.id for e in ranked}
+    return [e for e in ents if e.id in chosen or region_of(e, regions) is None]

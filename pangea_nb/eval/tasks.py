@@ -93,7 +93,8 @@ class Task:
 # %% ../../nbs/41_eval_tasks.ipynb #e571728d
 TASKS: dict[str, type] = {}
 TASK_MODULES = ('pangea_nb.eval.text_tasks', 'pangea_nb.eval.mm_tasks', 'pangea_nb.eval.synthetic',
-                'pangea_nb.eval.chat_tasks', 'pangea_nb.eval.vqa_tasks', 'pangea_nb.eval.caption_tasks', 'pangea_nb.eval.en_tasks')
+                'pangea_nb.eval.chat_tasks', 'pangea_nb.eval.vqa_tasks', 'pangea_nb.eval.caption_tasks', 'pangea_nb.eval.en_tasks',
+                'pangea_nb.eval.culture_tasks')
 
 def register_task(cls):
     "Class decorator: add a `Task` subclass to `TASKS` under its `name`."
