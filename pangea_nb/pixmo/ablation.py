@@ -13,9 +13,9 @@ from ..config import config_hash
 from ..contracts import make_once
 
 # %% auto #0
-__all__ = ['TRAIN_FAMILIES', 'SCORES', 'ablation_langs', 'ablation_data', 'train_pools', 'matched_pools', 'stage2_pools',
-           'pool_stats', 'ablation_frame', 'ablation_table', 'plot_pixmo_ablation', 'paired_differences',
-           'ablation_report', 'ablation_report_cmd']
+__all__ = ['TRAIN_FAMILIES', 'HELDOUT_TASKS', 'SCORES', 'ablation_langs', 'ablation_data', 'train_pools', 'matched_pools',
+           'stage2_pools', 'pool_stats', 'heldout_data', 'heldout_items', 'heldout_scores', 'ablation_frame',
+           'ablation_table', 'plot_pixmo_ablation', 'paired_differences', 'ablation_report', 'ablation_report_cmd']
 
 # %% ../../nbs/94_pixmo_ablation.ipynb #53ee0dd1
 TRAIN_FAMILIES = {'caption': 1, 'vqa': 3, 'count': 1, 'exists': 2, 'mcq': 2, 'ocr': 1}
@@ -114,6 +114,60 @@ def pool_stats(pools) -> dict:
         by_lang[q['id'].removeprefix('pixmo-')] = len(lines)
         chars += sum(len(c['value']) for l in lines for c in json.loads(l)['conversations'])
     return {'samples': sum(by_lang.values()), 'by_lang': by_lang, 'chars': chars}
+
+# %% ../../nbs/94_pixmo_ablation.ipynb #22579c66
+HELDOUT_TASKS = {'pixmo-cap': 'heldout-cap', 'pixmo-ama': 'heldout-ama'}
+
+def _make_heldout(d:Path, world:Path, langs:list, err:float, seed:int):
+    from pangea_nb.contracts import atomic_write_json
+    from pangea_nb.pixmo.sources import write_synthetic_sources
+    from pangea_nb.pixmo.regenerate import RegenerateConfig, regenerate
+    if (d/'done.json').exists(): return
+    src = write_synthetic_sources(world, d/'sources', langs=[l for l in langs if l != 'en'], split='test')
+    cap_ama = [s for s in src['sources'] if s['kind'] in HELDOUT_TASKS]
+    rep = regenerate(RegenerateConfig(sources=cap_ama, targets=langs, error_rate=err, seed=seed, backend=f"synthetic-parallel:{src['parallel']}"),
+                     d/'regen', progress=False)
+    atomic_write_json(d/'done.json', {k: rep[k] for k in ('in', 'kept', 'rejected', 'by_language')})
+
+def heldout_data(cfg, data:dict, poll:float = 5.0) -> Path:
+    "The regenerated held-out split (test scenes of the ablation's world) beside the training data: its `regen/` folder."
+    d = Path(data['root'])/'heldout'
+    make_once(d, lambda: (d/'done.json').exists(),
+              lambda: _make_heldout(d, Path(data['root'])/'world', ablation_langs(cfg), cfg.pixmo.error_rate, cfg.data.world_seed), poll)
+    return d/'regen'
+
+# %% ../../nbs/94_pixmo_ablation.ipynb #39501e55
+def heldout_items(regen_dir, langs, n:int) -> dict:
+    "{(task, lang): up to `n` records} of the held-out regenerated data, in file order."
+    out = {}
+    for l in langs:
+        p = Path(regen_dir)/f'{l}.jsonl'
+        if not p.exists(): continue
+        for line in _read_jsonl_lines(p):
+            r = json.loads(line); key = (HELDOUT_TASKS.get(r.get('source')), l)
+            if key[0] and len(out.setdefault(key, [])) < n: out[key].append(r)
+    return out
+
+def heldout_scores(predictor, regen_dir, langs, n:int, run_id:str, step=None, max_new_tokens:int = 32, batch:int = 16) -> list:
+    "Result rows of the model's replies on the held-out split: CIDEr-D and chrF for captions, exact match for answers."
+    from pangea_nb.contracts import ResultRow
+    from pangea_nb.model.infer import load_images
+    from pangea_nb.eval.caption_metrics import caption_scores
+    from pangea_nb.eval.metrics import exact_match
+    rows = []
+    for (task, lang), recs in heldout_items(regen_dir, langs, n).items():
+        hyps = []
+        for i in range(0, len(recs), batch):
+            part = recs[i:i + batch]
+            hyps += predictor.generate([r['conversations'][0]['value'] for r in part],
+                                       [load_images([Path(regen_dir)/r['image']]) for r in part], max_new_tokens=max_new_tokens)
+        refs = [r['conversations'][1]['value'] for r in recs]
+        if task == 'heldout-cap':
+            sc = caption_scores(hyps, [[x] for x in refs], lang)
+            rows += [ResultRow(run_id, step, task, lang, m, float(sc[m]), len(recs)) for m in ('cider_d', 'chrf')]
+        else:
+            rows.append(ResultRow(run_id, step, task, lang, 'exact_match', 100.0 * sum(exact_match(h, g) for h, g in zip(hyps, refs)) / len(recs), len(recs)))
+    return rows
 
 # %% ../../nbs/94_pixmo_ablation.ipynb #e2caef1e
 SCORES = {'generate': ('accuracy', ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')), 'loglik': ('loglik_accuracy', ('mmbench', 'scienceqa', 'ai2d'))}
