@@ -170,7 +170,8 @@ def heldout_scores(predictor, regen_dir, langs, n:int, run_id:str, step=None, ma
     return rows
 
 # %% ../../nbs/94_pixmo_ablation.ipynb #e2caef1e
-SCORES = {'generate': ('accuracy', ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')), 'loglik': ('loglik_accuracy', ('mmbench', 'scienceqa', 'ai2d'))}
+SCORES = {'generate': ('accuracy', ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')), 'loglik': ('loglik_accuracy', ('mmbench', 'scienceqa', 'ai2d')),
+          'heldout-cap': ('cider_d', ('heldout-cap',)), 'heldout-ama': ('exact_match', ('heldout-ama',))}   # the regenerated held-out split
 
 def ablation_frame(df:pd.DataFrame) -> pd.DataFrame:
     "Per run, language and scoring mode: the mean over tasks (`score`), from gathered result rows with a `train_langs` column."
