@@ -231,7 +231,8 @@ def test_ablation_recipe_smoke(tmp_path):
         rows = json.loads(m.read_text())['rows']
         got = {(x['task'], x['lang']) for x in rows}
         assert {(t, l) for t in TASKS for l in ('en', 'es', 'fr', 'de', 'it')} <= got
-        assert {(t, l) for t in ('heldout-cap', 'heldout-ama') for l in ('en', 'es', 'fr', 'de', 'it')} <= got   # the held-out regenerated split
+        assert {('heldout-ama', l) for l in ('en', 'es', 'fr', 'de', 'it')} | {('heldout-cap', 'en')} <= got   # the held-out regenerated split
+        # (captions share one instruction; where the translator's error draw hits it in a language, QC drops all of that language's captions)
         assert all(0 <= x['value'] <= 100 or x['metric'].startswith('mme') for x in rows)
     n = {json.loads((m.parent/'params.json').read_text())['point']['pixmo.train_langs']: json.loads(m.read_text())['train_samples'] for m in runs}
     assert n['all'] == n['en'] > 0                                                 # matched arms: the same number of samples
