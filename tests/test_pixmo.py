@@ -242,6 +242,6 @@ def test_ablation_recipe_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ('pixmo_ablation.png', 'pixmo_ablation.csv', 'pixmo_ablation.json'): assert (tmp_path/'figs'/f).exists()
     summ = json.loads((tmp_path/'figs'/'pixmo_ablation.json').read_text())
-    assert summ['runs'] == 2 and set(summ['delta_english']) == {'generate', 'loglik'}
+    assert summ['runs'] == 2 and set(summ['delta_english']) == {'generate', 'loglik', 'heldout-cap', 'heldout-ama'}
     assert {(r['mode'], r['lang']) for r in summ['paired']} >= {('generate', 'en'), ('generate', 'non-en')}
     assert not any(r['significant'] for r in summ['paired'])                       # one seed: no interval, no difference claimed
