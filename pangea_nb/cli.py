@@ -47,8 +47,8 @@ COMMANDS = {  # 'group sub' -> ('module:function', one-line help)
     'cultural ablation-report': ('pangea_nb.sweep.cultural:ablation_report_cmd', 'CulturalPangea ablations: culture vs mainstream per arm, per-language culture gains against resource level (tables + figure)'),
     'pixmo regenerate': ('pangea_nb.pixmo.regenerate:regenerate_cli', 'Multi-PixMo: regenerate or translate PixMo-Cap / PixMo-AMA / CoSyn items into target languages with QC and grounding checks (resumable)'),
     'pixmo translate-bench': ('pangea_nb.pixmo.bench:translate_bench_cli', 'Multi-PixMo: translate MMBench / ScienceQA / MME / POPE / AI2D with aligned options, in the layouts pangea eval reads'),
-    'pixmo human-export': ('pangea_nb.pixmo.human:human_export_cli', 'Multi-PixMo: a stratified sample of a regeneration run as CSV + HTML sheets for annotators'),
-    'pixmo human-agreement': ('pangea_nb.pixmo.human:human_agreement_cli', "Multi-PixMo: Gwet's AC1, Cohen's kappa and raw agreement from filled annotator sheets"),
+    'pixmo human-export': ('pangea_nb.pixmo.human:human_export_cli', 'Multi-PixMo: a stratified sample of a regeneration run or of translated benchmarks as CSV + HTML sheets for annotators'),
+    'pixmo human-agreement': ('pangea_nb.pixmo.human:human_agreement_cli', "Multi-PixMo: Gwet's AC1, Cohen's kappa, Fleiss' kappa and raw agreement from filled annotator sheets"),
     'pixmo ablation-report': ('pangea_nb.pixmo.ablation:ablation_report_cmd', 'Multi-PixMo: English-only vs multilingual per language from a pixmo_ablation sweep (table + figure)'),
 }
 

@@ -514,11 +514,14 @@ class PretrainConfig(BaseConfig):
 class PixmoConfig(BaseConfig):
     "The Multi-PixMo ablation (nbs/94): which regenerated data stage 2 trains on."
     train_langs: str = 'all'             # the ablation's axis: 'en' (regenerated English only) | 'all' (English + data.langs)
+    match: str = 'samples'               # 'samples': 'all' trains on as many samples as 'en', each source item once in one of its
+                                         # kept languages (same samples seen at equal steps); 'none': every kept item (more data)
     n_train: int = 240                   # synthetic-world training scenes turned into PixMo-style sources
     error_rate: float = 0.1              # error model of the synthetic translator (QC drops what it catches)
 
     def validate(self):
         self.check_choice('train_langs', ('en', 'all'))
+        self.check_choice('match', ('samples', 'none'))
         self.check('n_train', self.n_train > 0, 'must be > 0')
         self.check('error_rate', 0.0 <= self.error_rate <= 1.0, 'must be in [0, 1]')
 

@@ -147,9 +147,56 @@ def test_cli_errors_name_the_problem(world, tmp_path):
     assert r.returncode == 1 and '--task must be one of' in r.stderr
 
 
+# ---- the paper's five languages offline; human-check sheets and agreement --------------------------------------
+
+def test_five_languages_offline_benchmarks_aligned(tmp_path):
+    "fr, de, it render in the world and go through the benchmark pipeline (incl. German MMBench, whose _DE once met _DEV)."
+    from pangea_nb.data.synth import write_world, WorldConfig
+    from pangea_nb.data.templates import load_pack
+    from pangea_nb.pixmo.bench import write_synthetic_benchmarks, translate_bench, check_alignment
+    others = ['es', 'fr', 'de', 'it']
+    assert all(load_pack(l).reviewed is False and load_pack(l).default_world is False for l in ('fr', 'de', 'it'))
+    write_world(tmp_path/'w', WorldConfig(n_train=0, n_test=24, langs=['en'], families={'vqa': 2, 'exists': 1, 'mcq': 1}), progress=False)
+    sb = write_synthetic_benchmarks(tmp_path/'w', tmp_path/'b', langs=others, n=4)
+    for t in TASKS:
+        d = sb['tasks'][t]
+        rep = translate_bench(t, d, others, d, error_rate=0.1, seed=2, progress=False)
+        al = check_alignment(t, d, d, others)
+        assert al['problems'] == [], (t, al['problems'][:3])
+        assert all(al['by_lang'][l] == rep['languages'][l]['kept'] > 0 for l in others), (t, al['by_lang'])
+
+
+def test_human_agreement_cli_prints_fleiss_kappa(tmp_path):
+    "Two filled sheets through the CLI: fleiss_kappa beside gwet_ac1 and cohen_kappa, with the hand-computed 14/30."
+    for name, labs in (('a', ['yes', 'yes', 'no', 'no']), ('b', ['yes', 'no', 'no', 'no'])):
+        (tmp_path/f'{name}.csv').write_text('id,lang,source_text,translation,adequacy_1to5,fluency_1to5,grounded_yes_no,comment\n'
+                                            + ''.join(f'i{k},de,x,y,,,{l},\n' for k, l in enumerate(labs)))
+    r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'human-agreement', f"{tmp_path/'a.csv'},{tmp_path/'b.csv'}", '--out', str(tmp_path/'agree.csv')],
+                       capture_output=True, text=True, env=env1())
+    assert r.returncode == 0, r.stderr[-2000:]
+    head = r.stdout.splitlines()[0].split()
+    assert {'gwet_ac1', 'cohen_kappa', 'fleiss_kappa'} <= set(head)
+    import pandas as pd
+    row = pd.read_csv(tmp_path/'agree.csv').set_index(['lang', 'criterion']).loc[('all', 'grounded_yes_no')]
+    assert abs(row['fleiss_kappa'] - 14 / 30) < 1e-9 and abs(row['cohen_kappa'] - 0.5) < 1e-9
+
+
+def test_human_export_for_translated_benchmarks(bench, tmp_path):
+    "A translate-bench output folder gives a sheet stratified by language and task, each row a translated item beside its source."
+    import pandas as pd
+    from pangea_nb.pixmo.bench import translate_bench
+    from pangea_nb.pixmo.human import human_export_cli
+    for t in ('mmbench', 'pope'):
+        translate_bench(t, bench['tasks'][t], ['es', 'ru'], tmp_path/'tb', error_rate=0.0, seed=0, progress=False)
+    paths = human_export_cli(str(tmp_path/'tb'), str(tmp_path/'sheets'), per_stratum=3)
+    sheet = pd.read_csv(paths['csv'])
+    assert sheet.groupby(['lang', 'source']).size().to_dict() == {(l, t): 3 for l in ('es', 'ru') for t in ('mmbench', 'pope')}
+    assert sheet.translation.str.startswith('question: ').all() and not (sheet.source_text == sheet.translation).any()
+
+
 # ---- the ablation recipe under `pangea sweep` ---------------------------------------------------------------------
 
-SMOKE = {'data': {'langs': ['es']}, 'pixmo': {'n_train': 40}, 'train': {'micro_batch_size': 8},
+SMOKE = {'data': {'langs': ['es', 'de']}, 'pixmo': {'n_train': 40},   # two of the four: time; all five: test above 'train': {'micro_batch_size': 8},
          'eval': {'synthetic_n': 4, 'tasks': list(TASKS), 'modes': ['generate', 'loglik']},
          'stages': [{'train.stage': 0, 'train.lr': 0.003, 'train.max_steps': 4, 'data.n_samples': 200},
                     {'train.stage': 1, 'train.lr': 0.001, 'train.max_steps': 4, 'data.n_samples': 200, 'data.english_ratio': 1.0},
@@ -183,12 +230,18 @@ def test_ablation_recipe_smoke(tmp_path):
     for m in runs:
         rows = json.loads(m.read_text())['rows']
         got = {(x['task'], x['lang']) for x in rows}
-        assert {(t, l) for t in TASKS for l in ('en', 'es')} <= got
+        assert {(t, l) for t in TASKS for l in ('en', 'es', 'de')} <= got
+        assert {('heldout-ama', l) for l in ('en', 'es', 'de')} | {('heldout-cap', 'en')} <= got   # the held-out regenerated split
+        # (captions share one instruction; where the translator's error draw hits it in a language, QC drops all of that language's captions)
         assert all(0 <= x['value'] <= 100 or x['metric'].startswith('mme') for x in rows)
     n = {json.loads((m.parent/'params.json').read_text())['point']['pixmo.train_langs']: json.loads(m.read_text())['train_samples'] for m in runs}
-    assert n['all'] > n['en'] > 0                                                  # the multilingual arm adds the regenerated data
+    assert n['all'] == n['en'] > 0                                                 # matched arms: the same number of samples
+    td = {json.loads((m.parent/'params.json').read_text())['point']['pixmo.train_langs']: json.loads(m.read_text())['run_info']['train_data'] for m in runs}
+    assert set(td['en']['by_lang']) == {'en'} and set(td['all']['by_lang']) == {'en', 'es', 'de'}   # ... from every language
     r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'ablation-report', str(spec), '--out', str(tmp_path/'figs')], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ('pixmo_ablation.png', 'pixmo_ablation.csv', 'pixmo_ablation.json'): assert (tmp_path/'figs'/f).exists()
     summ = json.loads((tmp_path/'figs'/'pixmo_ablation.json').read_text())
-    assert summ['runs'] == 2 and set(summ['delta_english']) == {'generate', 'loglik'}
+    assert summ['runs'] == 2 and set(summ['delta_english']) == {'generate', 'loglik', 'heldout-cap', 'heldout-ama'}
+    assert {(r['mode'], r['lang']) for r in summ['paired']} >= {('generate', 'en'), ('generate', 'non-en')}
+    assert not any(r['significant'] for r in summ['paired'])                       # one seed: no interval, no difference claimed

@@ -184,9 +184,9 @@ class SynthPool(Pool):
     def __init__(self, spec, cache_dir, tokenizer=None):
         super().__init__(spec, cache_dir, tokenizer)
         from pangea_nb.data.synth import WorldConfig
-        from pangea_nb.data.templates import available_langs
+        from pangea_nb.data.templates import default_langs
         self.src = spec.get('translate_from')
-        langs = list(spec.get('langs') or available_langs())
+        langs = list(spec.get('langs') or default_langs())
         self.langs = [l for l in langs if l != self.src] if self.src else langs
         self.n = int(spec.get('n', 2000))
         self.world = WorldConfig(n_train=self.n, langs=[self.src] if self.src else self.langs, level=int(spec.get('level', 1)),
@@ -254,8 +254,8 @@ def make_pool(spec:dict, cache_dir, tokenizer:str | None = None) -> Pool:
 
 def default_pools(data_cfg) -> list[dict]:
     "The synthetic default: English world + its glossary translation into `synth_langs` (all packs when empty)."
-    from pangea_nb.data.templates import available_langs
-    langs = [l for l in (list(data_cfg.synth_langs) or available_langs()) if l != 'en']
+    from pangea_nb.data.templates import default_langs
+    langs = [l for l in (list(data_cfg.synth_langs) or default_langs()) if l != 'en']
     N = max(1, data_cfg.n_samples)
     # translations: the first n_mt English items into every language — 1.5x what a uniform split needs; all N when an
     # explicit table may put everything on one language, or when translations must be distinct items (allow_parallel

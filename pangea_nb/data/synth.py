@@ -15,7 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..config import BaseConfig, write_manifest
 from ..contracts import atomic_open, atomic_write_json
 from .schema import Sample, Turn, IMAGE_TOKEN, write_samples, read_samples
-from .templates import (Word, LangPack, load_pack, available_langs, render, seg_text, COLOURS, SHAPES,
+from .templates import (Word, LangPack, load_pack, available_langs, default_langs, render, seg_text, COLOURS, SHAPES,
                                       POSITIONS, ITEMS, CONTAINERS, MATH_RANGES, TemplateError)
 
 # %% auto #0
@@ -62,7 +62,7 @@ class WorldConfig(BaseConfig):
         if bad: self.fail('langs', f'no language pack for {bad}; packs: {packs}')
 
     @property
-    def lang_list(self) -> list[str]: return list(self.langs) or available_langs()
+    def lang_list(self) -> list[str]: return list(self.langs) or default_langs()
     @property
     def weights(self) -> dict: return {f: w for f, w in (self.families or DEFAULT_WEIGHTS).items() if w > 0}
 

@@ -14,8 +14,8 @@ import yaml
 # %% auto #0
 __all__ = ['PLURAL_RULES', 'DIGIT_ZEROS', 'PACK_KEYS', 'Seg', 'SLOT_RE', 'COLOURS', 'SHAPES', 'POSITIONS', 'ITEMS', 'CONTAINERS',
            'VOCAB', 'MATH_RANGES', 'TEMPLATE_ROLES', 'EXTRA_TEMPLATES', 'OPTIONAL_TEMPLATES', 'TemplateError',
-           'synth_assets_dir', 'plural_category', 'format_number', 'LangPack', 'available_langs', 'load_pack', 'Word',
-           'pick_form', 'citation_form', 'render', 'seg_text', 'check_pack']
+           'synth_assets_dir', 'plural_category', 'format_number', 'LangPack', 'available_langs', 'default_langs',
+           'load_pack', 'Word', 'pick_form', 'citation_form', 'render', 'seg_text', 'check_pack']
 
 # %% ../../nbs/11_templates.ipynb #9a526afe
 class TemplateError(ValueError):
@@ -63,7 +63,7 @@ def format_number(n:int, digits:str = 'latn') -> str:
     return ''.join(chr(z + int(c)) if c.isdigit() else c for c in str(n))
 
 # %% ../../nbs/11_templates.ipynb #8b557108
-PACK_KEYS = {'language', 'name', 'reviewed', 'reviewer', 'notes', 'plural', 'digits', 'letters', 'list', 'numbers',
+PACK_KEYS = {'language', 'name', 'reviewed', 'reviewer', 'default_world', 'notes', 'plural', 'digits', 'letters', 'list', 'numbers',
              'strip', 'words', 'fixed', 'templates', 'ocr_words'}
 
 @dataclass
@@ -84,6 +84,7 @@ class LangPack:
     templates: dict        # {family: {'q': [...], 'a': ..., ...}}
     ocr_words: list = field(default_factory=list)
     path: str = ''
+    default_world: bool = True   # in the default world (langs: [] and the project tokenizer); machine-drafted packs say false
 
     def word(self, cat:str, id:str):
         try: return self.words[cat][id]
@@ -106,6 +107,7 @@ def _pack_from_dict(d:dict, path) -> LangPack:
     for k in ('language', 'reviewed', 'words', 'templates'):
         if k not in d: raise TemplateError(f'{path}: missing key {k!r}')
     if not isinstance(d['reviewed'], bool): raise TemplateError(f'{path}: reviewed must be true or false')
+    if not isinstance(d.get('default_world', True), bool): raise TemplateError(f'{path}: default_world must be true or false')
     for where, v in _leaves({k: d[k] for k in ('words', 'fixed', 'templates', 'numbers', 'strip', 'letters', 'ocr_words') if k in d}):
         if not isinstance(v, str):   # YAML reads bare yes/no/on/off as booleans and 1/2 as numbers: quote them
             raise TemplateError(f'{path}: {where}: expected text, got {type(v).__name__} {v!r} (quote it in the YAML)')
@@ -116,7 +118,7 @@ def _pack_from_dict(d:dict, path) -> LangPack:
     return LangPack(d['language'], d.get('name', d['language']), d['reviewed'], plural, digits,
                     list(d.get('letters', ['A', 'B', 'C', 'D'])), lst.get('sep', ', '), lst.get('last', ', '),
                     list(d.get('numbers', [])), list(d.get('strip', [])), d['words'], d.get('fixed', {}) or {},
-                    d['templates'], list(d.get('ocr_words', [])), str(path))
+                    d['templates'], list(d.get('ocr_words', [])), str(path), bool(d.get('default_world', True)))
 
 @functools.lru_cache(maxsize=None)
 def _load_pack_file(path:str) -> LangPack:
@@ -127,6 +129,10 @@ def _load_pack_file(path:str) -> LangPack:
 def available_langs(assets=None) -> list[str]:
     "Codes of the languages that have a pack."
     return sorted(p.stem for p in Path(assets or synth_assets_dir()).glob('*.yaml'))
+
+def default_langs(assets=None) -> list[str]:
+    "The packs a world uses when it names no languages (`langs: []`): those not marked `default_world: false`."
+    return [l for l in available_langs(assets) if load_pack(l, assets).default_world]
 
 def load_pack(lang:str, assets=None) -> LangPack:
     "The language pack of `lang` (a canonical code; messy codes are normalised first)."

@@ -142,8 +142,8 @@ def project_tokenizer(vocab_size:int = 1024, n_specs:int = 400):
     "The cached synthetic-world BPE of this vocabulary size (trained on first use)."
     import os, tempfile
     from pangea_nb.config import home_path
-    from pangea_nb.data.synth import WORLD_VERSION, available_langs
-    key = hashlib.sha1(json.dumps([WORLD_VERSION, sorted(available_langs()), n_specs]).encode()).hexdigest()[:10]
+    from pangea_nb.data.synth import WORLD_VERSION, default_langs
+    key = hashlib.sha1(json.dumps([WORLD_VERSION, sorted(default_langs()), n_specs]).encode()).hexdigest()[:10]
     d = home_path('tokenizers')/f'synth-w{WORLD_VERSION}-v{vocab_size}-{key}'
     if not (d/'tokenizer.json').exists():
         corpus = world_corpus(n_specs)

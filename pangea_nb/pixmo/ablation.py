@@ -13,8 +13,9 @@ from ..config import config_hash
 from ..contracts import make_once
 
 # %% auto #0
-__all__ = ['TRAIN_FAMILIES', 'SCORES', 'ablation_langs', 'ablation_data', 'train_pools', 'ablation_frame', 'ablation_table',
-           'plot_pixmo_ablation', 'ablation_report', 'ablation_report_cmd']
+__all__ = ['TRAIN_FAMILIES', 'HELDOUT_TASKS', 'SCORES', 'ablation_langs', 'ablation_data', 'train_pools', 'matched_pools',
+           'stage2_pools', 'pool_stats', 'heldout_data', 'heldout_items', 'heldout_scores', 'ablation_frame',
+           'ablation_table', 'plot_pixmo_ablation', 'paired_differences', 'ablation_report', 'ablation_report_cmd']
 
 # %% ../../nbs/94_pixmo_ablation.ipynb #53ee0dd1
 TRAIN_FAMILIES = {'caption': 1, 'vqa': 3, 'count': 1, 'exists': 2, 'mcq': 2, 'ocr': 1}
@@ -69,8 +70,108 @@ def train_pools(regen_dir, train_langs:str, langs) -> list[dict]:
     if not pools: raise FileNotFoundError(f'{regen_dir}: no regenerated data for {use}')
     return pools
 
+# %% ../../nbs/94_pixmo_ablation.ipynb #3da70ab5
+def _read_jsonl_lines(p:Path) -> list[str]:
+    return [l for l in Path(p).read_text(encoding='utf-8').splitlines() if l.strip()]
+
+def matched_pools(regen_dir, langs, out_dir, seed:int = 0) -> list[dict]:
+    "Pools with one sample per English source item, in English or in a language it was kept in (uniform draw); written to `out_dir`."
+    import random
+    regen_dir, out_dir = Path(regen_dir), Path(out_dir)
+    en = _read_jsonl_lines(regen_dir/'en.jsonl')
+    by_lang = {}
+    for l in [l for l in langs if l != 'en' and (regen_dir/f'{l}.jsonl').exists()]:
+        by_lang[l] = {}
+        for line in _read_jsonl_lines(regen_dir/f'{l}.jsonl'):
+            src = (json.loads(line).get('provenance') or {}).get('source_item')
+            if not src: raise ValueError(f'{regen_dir/l}.jsonl: a record has no provenance.source_item to match it to its English item')
+            by_lang[l][src] = line
+    rng, chosen = random.Random(seed), {l: [] for l in ['en', *by_lang]}
+    for line in en:
+        rid = json.loads(line)['id']
+        cands = ['en'] + [l for l in by_lang if rid in by_lang[l]]
+        l = cands[rng.randrange(len(cands))]
+        chosen[l].append(line if l == 'en' else by_lang[l][rid])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pools = []
+    for l, lines in chosen.items():
+        if not lines: continue
+        (out_dir/f'{l}.jsonl').write_text(''.join(x + '\n' for x in lines), encoding='utf-8')
+        pools.append({'id': f'pixmo-{l}', 'kind': 'llava', 'path': str(out_dir/f'{l}.jsonl'), 'image_root': str(regen_dir)})
+    return pools
+
+def stage2_pools(cfg, regen_dir, out_dir) -> list[dict]:
+    "The run's stage-2 pools: English-only, every kept item (`pixmo.match: none`), or matched in samples to English-only."
+    if cfg.pixmo.train_langs == 'all' and cfg.pixmo.match == 'samples':
+        return matched_pools(regen_dir, ablation_langs(cfg), out_dir, seed=cfg.data.world_seed)
+    return train_pools(regen_dir, cfg.pixmo.train_langs, ablation_langs(cfg))
+
+def pool_stats(pools) -> dict:
+    "What stage 2 trains on: samples, samples per language, and characters of text (user + assistant turns)."
+    by_lang, chars = {}, 0
+    for q in pools:
+        lines = _read_jsonl_lines(q['path'])
+        by_lang[q['id'].removeprefix('pixmo-')] = len(lines)
+        chars += sum(len(c['value']) for l in lines for c in json.loads(l)['conversations'])
+    return {'samples': sum(by_lang.values()), 'by_lang': by_lang, 'chars': chars}
+
+# %% ../../nbs/94_pixmo_ablation.ipynb #22579c66
+HELDOUT_TASKS = {'pixmo-cap': 'heldout-cap', 'pixmo-ama': 'heldout-ama'}
+
+def _make_heldout(d:Path, world:Path, langs:list, err:float, seed:int):
+    from pangea_nb.contracts import atomic_write_json
+    from pangea_nb.pixmo.sources import write_synthetic_sources
+    from pangea_nb.pixmo.regenerate import RegenerateConfig, regenerate
+    if (d/'done.json').exists(): return
+    src = write_synthetic_sources(world, d/'sources', langs=[l for l in langs if l != 'en'], split='test')
+    cap_ama = [s for s in src['sources'] if s['kind'] in HELDOUT_TASKS]
+    rep = regenerate(RegenerateConfig(sources=cap_ama, targets=langs, error_rate=err, seed=seed, backend=f"synthetic-parallel:{src['parallel']}"),
+                     d/'regen', progress=False)
+    atomic_write_json(d/'done.json', {k: rep[k] for k in ('in', 'kept', 'rejected', 'by_language')})
+
+def heldout_data(cfg, data:dict, poll:float = 5.0) -> Path:
+    "The regenerated held-out split (test scenes of the ablation's world) beside the training data: its `regen/` folder."
+    d = Path(data['root'])/'heldout'
+    make_once(d, lambda: (d/'done.json').exists(),
+              lambda: _make_heldout(d, Path(data['root'])/'world', ablation_langs(cfg), cfg.pixmo.error_rate, cfg.data.world_seed), poll)
+    return d/'regen'
+
+# %% ../../nbs/94_pixmo_ablation.ipynb #39501e55
+def heldout_items(regen_dir, langs, n:int) -> dict:
+    "{(task, lang): up to `n` records} of the held-out regenerated data, in file order."
+    out = {}
+    for l in langs:
+        p = Path(regen_dir)/f'{l}.jsonl'
+        if not p.exists(): continue
+        for line in _read_jsonl_lines(p):
+            r = json.loads(line); key = (HELDOUT_TASKS.get(r.get('source')), l)
+            if key[0] and len(out.setdefault(key, [])) < n: out[key].append(r)
+    return out
+
+def heldout_scores(predictor, regen_dir, langs, n:int, run_id:str, step=None, max_new_tokens:int = 32, batch:int = 16) -> list:
+    "Result rows of the model's replies on the held-out split: CIDEr-D and chrF for captions, exact match for answers."
+    from pangea_nb.contracts import ResultRow
+    from pangea_nb.model.infer import load_images
+    from pangea_nb.eval.caption_metrics import caption_scores
+    from pangea_nb.eval.metrics import exact_match
+    rows = []
+    for (task, lang), recs in heldout_items(regen_dir, langs, n).items():
+        hyps = []
+        for i in range(0, len(recs), batch):
+            part = recs[i:i + batch]
+            hyps += predictor.generate([r['conversations'][0]['value'] for r in part],
+                                       [load_images([Path(regen_dir)/r['image']]) for r in part], max_new_tokens=max_new_tokens)
+        refs = [r['conversations'][1]['value'] for r in recs]
+        if task == 'heldout-cap':
+            sc = caption_scores(hyps, [[x] for x in refs], lang)
+            rows += [ResultRow(run_id, step, task, lang, m, float(sc[m]), len(recs)) for m in ('cider_d', 'chrf')]
+        else:
+            rows.append(ResultRow(run_id, step, task, lang, 'exact_match', 100.0 * sum(exact_match(h, g) for h, g in zip(hyps, refs)) / len(recs), len(recs)))
+    return rows
+
 # %% ../../nbs/94_pixmo_ablation.ipynb #e2caef1e
-SCORES = {'generate': ('accuracy', ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')), 'loglik': ('loglik_accuracy', ('mmbench', 'scienceqa', 'ai2d'))}
+SCORES = {'generate': ('accuracy', ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')), 'loglik': ('loglik_accuracy', ('mmbench', 'scienceqa', 'ai2d')),
+          'heldout-cap': ('cider_d', ('heldout-cap',)), 'heldout-ama': ('exact_match', ('heldout-ama',))}   # the regenerated held-out split
 
 def ablation_frame(df:pd.DataFrame) -> pd.DataFrame:
     "Per run, language and scoring mode: the mean over tasks (`score`), from gathered result rows with a `train_langs` column."
@@ -106,6 +207,21 @@ def plot_pixmo_ablation(s:pd.DataFrame, ax=None, mode:str = 'generate', title:st
     if title: ax.set_title(title)
     return ax
 
+# %% ../../nbs/94_pixmo_ablation.ipynb #45f49bfc
+def paired_differences(frame:pd.DataFrame, level:float = 0.95) -> pd.DataFrame:
+    "Multilingual minus English-only per (mode, language) and over the non-English ones ('non-en'): paired t interval over seeds."
+    from pangea_nb.eval.stats import run_interval
+    w = frame.pivot_table(index=['mode', 'lang', 'seed'], columns='train_langs', values='score')
+    if not {'en', 'all'} <= set(w.columns): raise ValueError(f'paired_differences needs both arms (en, all); have {sorted(w.columns)}')
+    w = w.dropna(subset=['en', 'all']).assign(diff=lambda d: d['all'] - d['en']).reset_index()   # pairs: the same seed in both arms
+    non_en = w[w.lang != 'en'].groupby(['mode', 'seed'])['diff'].mean().reset_index().assign(lang='non-en')
+    rows = []
+    for (mode, lang), g in pd.concat([w[['mode', 'lang', 'seed', 'diff']], non_en]).groupby(['mode', 'lang']):
+        iv = run_interval(g['diff'].tolist(), level=level)
+        rows.append({'mode': mode, 'lang': lang, 'diff': iv.value, 'lo': iv.lo, 'hi': iv.hi, 'seeds': iv.n, 'method': iv.method,
+                     'significant': bool(iv.method != 'none' and iv.excludes(0.0))})
+    return pd.DataFrame(rows)
+
 # %% ../../nbs/94_pixmo_ablation.ipynb #2fc3307f
 def ablation_report(root, out_dir='figures', name:str = 'pixmo_ablation') -> dict:
     "Gather a pixmo ablation sweep's runs: per-language table (JSON + CSV) and figure (PNG + CSV) under `out_dir`."
@@ -115,15 +231,17 @@ def ablation_report(root, out_dir='figures', name:str = 'pixmo_ablation') -> dic
     df = gather(root).rename(columns={'pixmo.train_langs': 'train_langs'})
     if df.empty or 'train_langs' not in df: raise ValueError(f'{root}: no finished runs of a pixmo ablation sweep (grid over pixmo.train_langs)')
     if 'seed' not in df: df['seed'] = 0
-    frame = ablation_frame(df); s, piv = ablation_table(frame)
+    frame = ablation_frame(df); s, piv = ablation_table(frame); paired = paired_differences(frame)
     fig, axes = new_figure(1, 2, figsize=(11, 3.8))
     for ax, mode in zip(axes, ('generate', 'loglik')): plot_pixmo_ablation(s, ax, mode, title=f'{mode}: English-only vs multilingual')
     paths = save_fig(fig, name, data=s, out_dir=out_dir); plt.close(fig)
     non_en = piv[piv.lang != 'en'].groupby('mode').delta.mean().to_dict()
     en = piv[piv.lang == 'en'].set_index('mode').delta.to_dict()
+    claim = lambda lang: {r['mode']: bool(r['significant'] and r['diff'] > 0) for r in paired[paired.lang == lang].to_dict('records')}
     summary = {'runs': int(frame.run_dir.nunique()), 'delta_non_english_mean': non_en, 'delta_english': en,
-               'multilingual_beats_english_only_on_non_english': {m: bool(v > 0) for m, v in non_en.items()},
-               'positive_transfer_to_english': {m: bool(v > 0) for m, v in en.items()},
+               'multilingual_beats_english_only_on_non_english': claim('non-en'),   # only where the paired interval excludes 0
+               'positive_transfer_to_english': claim('en'),
+               'paired': paired.round(2).to_dict(orient='records'),
                'table': piv.round(2).to_dict(orient='records'), 'by_arm': s.round(2).to_dict(orient='records')}
     paths['summary'] = atomic_write_json(Path(out_dir)/f'{name}.json', summary)
     return {'paths': paths, **summary}
@@ -138,5 +256,7 @@ def ablation_report_cmd(spec:str,                 # the sweep spec YAML (sweeps/
     rep = ablation_report(root, out, name)
     print(pd.DataFrame(rep['table']).to_string(index=False))
     print(f"multilingual - English-only, mean over non-English languages: {rep['delta_non_english_mean']}; on English: {rep['delta_english']}")
+    print('paired difference (multilingual - English-only), t interval over seeds; a difference is claimed only where it excludes 0:')
+    print(pd.DataFrame(rep['paired']).to_string(index=False))
     print(f"figure: {rep['paths'].get('png')}")
     return rep

@@ -6,7 +6,7 @@ Docs: https://pangea-nb.github.io/pangea_nb/pixmo_bench.html.md"""
 
 # %% ../../nbs/92_pixmo_bench.ipynb #d1245f1d
 from __future__ import annotations
-import base64, csv, io, json, shutil
+import base64, csv, io, json, re, shutil
 from collections import Counter, defaultdict
 from pathlib import Path
 import numpy as np
@@ -246,6 +246,10 @@ def _translator(backend, data:Path, out:Path, error_rate, seed):
 def _native(task, item_id:str) -> str:
     return item_id.split('/', 2)[2]
 
+def _en_name(name:str, lang:str) -> str:
+    "The English TSV a translated MMBench file came from: only the language suffix changes (`_DE` must not hit `_DEV`)."
+    return re.sub(rf'_{re.escape(lang.upper())}(?=(_V11)?\.tsv$)', '_EN', name, flags=re.I)
+
 def check_alignment(task:str, data, out, langs) -> dict:
     "Every translated item of `task` in `out` against its source in `data`: {'checked', 'problems', 'by_lang'}."
     from pangea_nb.eval.tasks import get_task
@@ -258,7 +262,7 @@ def check_alignment(task:str, data, out, langs) -> dict:
         items = [it for it in t.load(Path(out), split) if it.lang == lang]
         for it in items:
             nat = _native(task, it.id)
-            key = {'mmbench': lambda: f"{Path(it.meta['source']).name.replace('_' + lang.upper(), '_EN')}:{nat}"}.get(task, lambda: nat)()
+            key = {'mmbench': lambda: f"{_en_name(Path(it.meta['source']).name, lang)}:{nat}"}.get(task, lambda: nat)()
             p, s = prov.get(key), src_items.get(nat)
             if p is None or s is None: problems.append(f'{lang} {it.id}: no provenance or source item'); continue
             checked += 1; by_lang[lang] += 1

@@ -1,4 +1,4 @@
-"""Export a stratified sample for annotators (CSV + a static HTML page with image, source and translation), read the filled sheets back, and measure agreement with Gwet's AC1 and Cohen's kappa.
+"""Export a stratified sample for annotators (CSV + a static HTML page with image, source and translation) of regenerated data or of translated benchmarks, read the filled sheets back, and measure agreement with Gwet's AC1, Cohen's kappa and Fleiss' kappa.
 
 Docs: https://pangea-nb.github.io/pangea_nb/human_check.html.md"""
 
@@ -14,7 +14,8 @@ from ..contracts import atomic_write_text, safe_join
 
 # %% auto #0
 __all__ = ['RATING_COLUMNS', 'VALID', 'gwet_ac1', 'cohen_kappa', 'fleiss_kappa', 'stratified_sample', 'export_sheet',
-           'read_sheets', 'agreement_report', 'regenerated_items', 'human_export_cli', 'human_agreement_cli']
+           'read_sheets', 'agreement_report', 'regenerated_items', 'human_export_cli', 'human_agreement_cli',
+           'benchmark_items']
 
 # %% ../../nbs/93_human_check.ipynb #a75a9d4c
 def _table(ratings:pd.DataFrame, item='item', rater='annotator', label='label') -> pd.DataFrame:
@@ -111,7 +112,7 @@ def read_sheets(paths) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=['item', 'lang', 'annotator', 'criterion', 'label'])
 
 def agreement_report(long:pd.DataFrame, by_lang:bool = True) -> pd.DataFrame:
-    "AC1, Cohen's kappa (2 annotators) and raw pairwise agreement per criterion (and per language)."
+    "AC1, Cohen's kappa (2 annotators), Fleiss' kappa (items rated by every annotator) and raw agreement per criterion (and language)."
     out = []
     groups = [('all', long)] + (list(long.groupby('lang')) if by_lang else [])
     for lang, g in groups:
@@ -122,7 +123,8 @@ def agreement_report(long:pd.DataFrame, by_lang:bool = True) -> pd.DataFrame:
             raw = float((both.nunique(axis=1) == 1).mean()) if len(both) else float('nan')
             out.append({'lang': lang, 'criterion': crit, 'items': int(w.shape[0]), 'annotators': n_rat, 'raw_agreement': raw,
                         'gwet_ac1': gwet_ac1(c) if len(both) else float('nan'),
-                        'cohen_kappa': cohen_kappa(c) if n_rat == 2 and len(both) else float('nan')})
+                        'cohen_kappa': cohen_kappa(c) if n_rat == 2 and len(both) else float('nan'),
+                        'fleiss_kappa': fleiss_kappa(c[c['item'].isin(both.index)]) if n_rat >= 2 and len(both) else float('nan')})
     return pd.DataFrame(out)
 
 # %% ../../nbs/93_human_check.ipynb #d1bfc109
@@ -146,13 +148,17 @@ def regenerated_items(run_dir, src_lang:str = 'en') -> pd.DataFrame:
                          'translation': text(r), 'image': r.get('image') if isinstance(r.get('image'), str) else None})
     return pd.DataFrame(rows, columns=['id', 'lang', 'source', 'source_text', 'translation', 'image'])
 
-def human_export_cli(run:str,                 # a regeneration run folder (pangea pixmo regenerate --out)
+def human_export_cli(run:str,                 # a regeneration run folder (pangea pixmo regenerate --out) or translated benchmarks (translate-bench --out)
                      out:str = '',            # where the CSV and HTML sheets go
-                     per_stratum:int = 20,    # items per (language, source)
-                     seed:int = 0):
-    "Write a stratified sample of a regeneration run for annotators: human_check.csv and human_check.html."
+                     per_stratum:int = 20,    # items per (language, source); for benchmarks the source is the task
+                     seed:int = 0,
+                     kind:str = 'auto'):      # regen | bench | auto (bench when RUN holds <lang>/<task>_provenance.jsonl)
+    "Write a stratified sample of a regeneration run or of translated benchmarks for annotators: human_check.csv and .html."
     if not out: raise ValueError('--out DIR is required')
-    items = regenerated_items(run)
+    if kind not in ('auto', 'regen', 'bench'): raise ValueError(f'--kind must be regen, bench or auto, got {kind!r}')
+    if not Path(run).is_dir(): raise FileNotFoundError(f'{run}: no such folder')
+    if kind == 'auto': kind = 'bench' if _provenance_files(run) else 'regen'
+    items = benchmark_items(run) if kind == 'bench' else regenerated_items(run)
     if items.empty: raise ValueError(f'{run}: no kept non-English items to sample')
     sample = stratified_sample(items, per_stratum, seed=seed)
     paths = export_sheet(sample, out, image_root=run)
@@ -161,7 +167,7 @@ def human_export_cli(run:str,                 # a regeneration run folder (pange
 
 def human_agreement_cli(sheets:str,           # comma-separated filled annotator CSVs
                         out:str = ''):        # optional CSV of the agreement table
-    "Gwet's AC1, Cohen's kappa and raw agreement per criterion and language from filled sheets."
+    "Gwet's AC1, Cohen's kappa, Fleiss' kappa and raw agreement per criterion and language from filled sheets."
     paths = [s.strip() for s in sheets.split(',') if s.strip()]
     for p in paths:
         if not Path(p).exists(): raise FileNotFoundError(f'{p}: no such file')
@@ -169,3 +175,22 @@ def human_agreement_cli(sheets:str,           # comma-separated filled annotator
     if out: atomic_write_text(out, rep.to_csv(index=False))
     print(rep.round(3).to_string(index=False))
     return rep
+
+# %% ../../nbs/93_human_check.ipynb #6625cb67
+def _provenance_files(root) -> list[Path]:
+    return sorted(p for p in Path(root).glob('*/*_provenance.jsonl') if p.is_file())
+
+def benchmark_items(root) -> pd.DataFrame:
+    "One row per kept translated benchmark item under a translate-bench folder: id, lang, source (the task), source_text, translation."
+    import json
+    rows = []
+    for p in _provenance_files(root):
+        for n, line in enumerate(p.read_text(encoding='utf-8').splitlines(), 1):
+            if not line.strip(): continue
+            try: r = json.loads(line); src, tr = r['source'], r['translation']
+            except (ValueError, KeyError, TypeError) as e: raise ValueError(f'{p}: line {n}: not a provenance record ({e})') from None
+            text = lambda f: '\n'.join(f'{k}: {v}' for k, v in f.items())
+            rows.append({'id': f"{r.get('task', p.stem.removesuffix('_provenance'))}:{r.get('lang', p.parent.name)}:{r.get('source_key')}",
+                         'lang': r.get('lang', p.parent.name), 'source': r.get('task', p.stem.removesuffix('_provenance')),
+                         'source_text': text(src), 'translation': text({k: tr.get(k, '') for k in src}), 'image': None})
+    return pd.DataFrame(rows, columns=['id', 'lang', 'source', 'source_text', 'translation', 'image'])

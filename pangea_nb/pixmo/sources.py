@@ -129,8 +129,8 @@ def _render(spec, lang):
     s = render_spec(spec, lang)
     return s.turns[0].text.replace(IMAGE_TOKEN, '').strip(), s.turns[1].text
 
-def write_synthetic_sources(world_dir, out_dir, langs=('en',), limit:int | None = None) -> dict:
-    "PixMo-Cap, PixMo-AMA and CoSyn files from a synthetic world's English train split, plus `parallel.jsonl` in `langs`."
+def write_synthetic_sources(world_dir, out_dir, langs=('en',), limit:int | None = None, split:str = 'train') -> dict:
+    "PixMo-Cap, PixMo-AMA and CoSyn files from a synthetic world's English `split` (train; test for a held-out set), plus `parallel.jsonl` in `langs`."
     from pangea_nb.data.schema import read_samples
     from pangea_nb.data.templates import available_langs
     world, out = Path(world_dir), Path(out_dir); (out/'cosyn'/'document').mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,8 @@ def write_synthetic_sources(world_dir, out_dir, langs=('en',), limit:int | None 
             q, a = _render(spec, lang)
             if k == 0: key = (q, a)
             parallel.setdefault(key[0], {})[lang] = q; parallel.setdefault(key[1], {})[lang] = a
-    for s in read_samples(world/'train.jsonl'):
+    if split not in ('train', 'test'): raise ValueError(f'split must be train or test, got {split!r}')
+    for s in read_samples(world/f'{split}.jsonl'):
         spec = s.meta.get('world')
         if s.language != 'en' or not spec or not s.images: continue
         if limit is not None and sum(counts.values()) >= limit: break
