@@ -21,13 +21,14 @@ export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: help install fonts demo sensitivity language-proportion test check-nbs nbtest pytest export clean-nbs lock bench gpu-bundle
+.PHONY: help install fonts demo sensitivity language-proportion rehearse-fig6 test check-nbs nbtest pytest export clean-nbs lock bench gpu-bundle
 
 help:
 	@echo "make demo   - set up .venv and run the main job"
 	@echo "make test   - set up .venv and run every test (what CI runs)"
 	@echo "make sensitivity - the demo's sweep over its assumptions (backbone English share, translation errors)"
 	@echo "make language-proportion - Figure 7 on the synthetic world: per-language shares by a Latin square at 40% English (6 runs)"
+	@echo "make rehearse-fig6 - the paper-scale Figure 6 recipe (whole grid) rehearsed on this CPU (tiny model, miniature data)"
 	@echo "make export - regenerate pangea_nb/ from nbs/ and clean the notebooks"
 	@echo "make bench  - run the performance benchmarks in bench/"
 	@echo "make gpu-bundle PY=3.12 - wheels + DeepSpeed source + this project for bench/gpu_check.sh on an offline GPU machine (dist/gpu-bundle, < 64 MiB)"
@@ -81,6 +82,15 @@ language-proportion: $(STAMP) fonts
 	$(BIN)/pangea sweep sweeps/demo_language_proportion.yaml; \
 	$(BIN)/pangea sweep report sweeps/demo_language_proportion.yaml --name language_proportion; \
 	echo "language-proportion finished in $$(( $$(date +%s) - start )) s"
+
+# The paper-scale Figure 6 recipe (sweeps/pangea7b_english_ratio.yaml), whole grid, rehearsed on this CPU with the
+# documented substitutions of nbs/56_rehearse (tiny llava_next, stage 1 trained here, miniature pools and benchmarks)
+# into $$PANGEA_HOME/runs/pangea7b-english-ratio-rehearsal/, then its report there.
+rehearse-fig6: $(STAMP)
+	@start=$$(date +%s); \
+	$(BIN)/pangea sweep sweeps/pangea7b_english_ratio.yaml --rehearse --quiet; \
+	$(BIN)/pangea sweep report sweeps/pangea7b_english_ratio.yaml --rehearse; \
+	echo "rehearse-fig6 finished in $$(( $$(date +%s) - start )) s"
 
 test: $(STAMP) fonts check-nbs nbtest pytest
 

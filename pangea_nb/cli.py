@@ -52,6 +52,10 @@ COMMANDS = {  # 'group sub' -> ('module:function', one-line help)
     'pixmo ablation-report': ('pangea_nb.pixmo.ablation:ablation_report_cmd', 'Multi-PixMo: English-only vs multilingual per language from a pixmo_ablation sweep (table + figure)'),
 }
 
+# %% ../nbs/02_cli.ipynb #17e1e05b
+COMMANDS['sweep'] = ('pangea_nb.sweep.rehearse:sweep_cmd', COMMANDS['sweep'][1].replace('--slurm)', '--slurm, --rehearse [--points N])'))
+COMMANDS['sweep report'] = ('pangea_nb.sweep.rehearse:sweep_report_cmd', COMMANDS['sweep report'][1] + ' (--rehearse: its rehearsal)')
+
 # %% ../nbs/02_cli.ipynb #0fcc0657
 USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, KeyError)
 

@@ -37,9 +37,10 @@ def world_pools(data_cfg) -> list[dict]:
     return [{**q, 'families': dict(data_cfg.synth_families)} for q in pools]
 
 # %% ../../nbs/55_run_template.ipynb #38d7513b
-SHARED_RESET = {'data.english_ratio': None, 'data.pools': [], 'data.lang_proportions': 'uniform', 'data.translation_error': 0.0,
-                'data.source_quotas': {}, 'train.init_from': None,   # what belongs to stage 2 alone
-                'data.add_samples': {}, 'data.latin_row': 0, 'data.lang_levels': []}
+SHARED_RESET = {'data.add_samples': {}, 'data.source_quotas': {},   # first: they name stage 2's pools, reset next
+                'data.english_ratio': None, 'data.pools': [], 'data.lang_proportions': 'uniform', 'data.translation_error': 0.0,
+                'train.init_from': None,   # what belongs to stage 2 alone
+                'data.latin_row': 0, 'data.lang_levels': []}
 
 def shared_config(cfg:RunConfig) -> RunConfig:
     "The chain of the run's stages before the last, on a base holding only what they depend on."
@@ -106,7 +107,8 @@ def train_stage2(cfg:RunConfig, run_dir, pools:list[dict], init_from, gpus:int =
     from pangea_nb.train.stages import run_stage, train_cli
     from pangea_nb.model.build import resolve_model_dir
     out = Path(run_dir)/'stage2'
-    c = cfg.replace(output_dir=str(out)).set('data.pools', pools)
+    # the mixture has applied add_samples / source_quotas (they name its input pools): the materialised pools replace them
+    c = cfg.replace(output_dir=str(out)).set('data.add_samples', {}).set('data.source_quotas', {}).set('data.pools', pools)
     if init_from: c = c.set('train.init_from', str(init_from))
     if gpus and gpus > 1:
         c.save(Path(run_dir)/'stage2.yaml')
