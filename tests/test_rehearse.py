@@ -65,7 +65,8 @@ def test_rehearsal_runs_end_to_end(spec, capsys):
     r = rehearsal_spec(src, points=2)
     plans = [p for p in expand_grid(r.spec) if p.index in r.only]
     assert plans and all(p.out_dir.parent == rehearsal_root(src) for p in plans)
-    tasks = base_config(src).eval.tasks
+    base = base_config(src)
+    tasks = [*base.eval.tasks, *(['cvqa'] if base.cultural.enabled else [])]   # a cultural run adds its culture test (CVQA layout, nbs/55a)
     for p in plans:
         man = json.loads((p.out_dir/'manifest.json').read_text())
         assert man['rehearsal'] is True and man['substitutions'] == r.subs
