@@ -272,8 +272,8 @@ def model_info(cfg:ModelConfig | str, n_gpus:int = 8, stage:int = 2, train_visio
                zero_stage:int = 0) -> dict:
     "Parameters per component, model-state memory per ZeRO stage for `precision`, and one ZeRO-`zero_stage` step's memory, on the meta device."
     precision = {'auto': 'bf16'}.get(precision, precision)        # 'auto' is bf16 where the device has it: a GPU plan
-    if precision not in ACCOUNTING: raise ValueError(f'model info: precision {precision!r} is not one of {sorted(ACCOUNTING)} (or auto)')
-    if precision == 'fp32' and offload: raise ValueError('model info: the fp32 accounting does not model CPU offload (a GPU feature); use --precision bf16')
+    if precision not in ACCOUNTING: raise ValueError(f'precision {precision!r} is not one of {sorted(ACCOUNTING)} (or auto)')
+    if precision == 'fp32' and offload: raise ValueError('the fp32 accounting does not model CPU offload (a GPU feature); use --precision bf16')
     cfg = ModelConfig.preset(cfg) if isinstance(cfg, str) else cfg
     mc = _meta_config(cfg)
     with torch.device('meta'): model = build_model_meta(mc)
@@ -339,8 +339,10 @@ def model_info_cli(name:str,                 # a ModelConfig preset (tiny, small
         print(f"  ZeRO-{z}: {_size(m['gpu_bytes']):>10} per GPU" + (f", {_size(m['cpu_bytes'])} CPU" if m['cpu_bytes'] else ''))
     if tokens:
         tm = info['train_memory']
+        chk = ('checked against real CPU steps in bench/train_memory.py' if info['precision'] == 'fp32'
+               else 'not yet checked against a GPU run: bench/gpu_check.sh')
         print(f"one ZeRO-{zero_stage} training step, {info['precision']}, {tokens:,} tokens per micro-batch (all labelled){', gradient checkpointing' if grad_checkpointing else ''}: "
-              f"{_size(tm['total'])} (model states {_size(tm['states'])} + activations {_size(tm['activations'])}; measured against real steps in bench/train_memory.py)")
+              f"{_size(tm['total'])} (model states {_size(tm['states'])} + activations {_size(tm['activations'])}; {chk})")
     return info
 
 def _size(b:int) -> str:
