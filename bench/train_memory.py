@@ -12,7 +12,7 @@ activation estimate. Goal (issue 17): within 15%.
     .venv/bin/python bench/train_memory.py --zero 2 --nproc 2 --sizes 8m,30m,120m
     BENCH_SMOKE=1 .venv/bin/python bench/train_memory.py      # one small size, 2 steps: checks it runs
 
-Results also go to bench/results/train_memory.json (git-ignored).
+Results also go to bench/results/train_memory_z<ZERO>.json (git-ignored).
 """
 import argparse, json, os, subprocess, sys
 from pathlib import Path
@@ -80,8 +80,9 @@ def main():
     ap.add_argument('--seq', type=int, default=64 if smoke else 128); ap.add_argument('--steps', type=int, default=2)
     ap.add_argument('--vocab', type=int, default=32000); ap.add_argument('--child', default=None)
     ap.add_argument('--zero', type=int, default=0); ap.add_argument('--nproc', type=int, default=1)
-    ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'train_memory.json'))
+    ap.add_argument('--out', default=None)           # default bench/results/train_memory_z<ZERO>.json: one file per stage
     a = ap.parse_args()
+    a.out = a.out or str(Path(__file__).parent / 'results' / f'train_memory_z{a.zero}.json')
     if a.child: return child(a.child, a.batch, a.seq, a.steps, a.vocab, a.zero)
     if a.zero and a.nproc < 2: sys.exit('--zero 2|3 is measured with --nproc 2 or more (DeepSpeed over gloo, one process per rank)')
     rows = []
