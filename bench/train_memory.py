@@ -3,13 +3,16 @@
 For each model size (from configs, random weights, <= 0.3B parameters) a fresh process records its resident set size
 (RSS) just before the model is built, builds it, runs real stage-2 training steps (AdamW, ZeRO-0 = plain PyTorch, fp32
 on CPU, gradient clipping, the same `TorchEngine` the trainer uses) on a fixed batch of random text tokens, and
-reports peak RSS minus that starting RSS. Beside it: `model_info(..., precision='fp32', tokens=..., targets=...)`,
-i.e. model states (weights + gradients + Adam moments) plus the activation estimate. Goal (issue 17): within 15%.
+reports peak RSS minus that starting RSS (the worst rank's, with --nproc 2 and --zero 2|3: DeepSpeed over gloo under
+torchrun, DeepSpeed's CPU accelerator). Beside it: `model_info(..., precision='fp32', zero_stage=Z, tokens=...,
+targets=...)`, i.e. `pangea model info`'s fp32 accounting (`zero_memory_fp32`: model states term by term) plus the
+activation estimate. Goal (issue 17): within 15%.
 
     .venv/bin/python bench/train_memory.py [--sizes 30m,120m] [--batch 2] [--seq 128] [--steps 2]
+    .venv/bin/python bench/train_memory.py --zero 2 --nproc 2 --sizes 8m,30m,120m
     BENCH_SMOKE=1 .venv/bin/python bench/train_memory.py      # one small size, 2 steps: checks it runs
 
-Results also go to bench/results/train_memory.json (git-ignored).
+Results also go to bench/results/train_memory_z<ZERO>.json (git-ignored).
 """
 import argparse, json, os, subprocess, sys
 from pathlib import Path
@@ -21,18 +24,9 @@ SIZES = {'8m':   dict(hidden_size=256, n_layers=4, n_heads=4, intermediate_size=
          '30m':  dict(hidden_size=512, n_layers=6, n_heads=8, intermediate_size=1536),
          '120m': dict(hidden_size=768, n_layers=12, n_heads=12, intermediate_size=3072)}
 
-def fp32_zero_states(total, trainable, zero, n, bucket=int(5e8)):
-    """Model-state bytes per rank of an fp32 DeepSpeed run on CPU, as measured here (issue 17), where `model info`'s
-    mixed-precision line (2 bytes of weights + 18 per trainable / N, DeepSpeed's estimator) does not apply: fp32
-    weights (4 per parameter, whole on every rank at ZeRO-2); the contiguous-gradient reduce bucket, min(bucket,
-    trainable) fp32 elements (the whole gradient at these sizes); per trainable / N: an fp32 master partition (4),
-    its gradient (4), Adam's two moments (8). ZeRO-3 adds the partitioned fp32 parameters (4 / N) and, because the
-    model is built whole before DeepSpeed partitions it (no zero.Init) and at these sizes every parameter stays
-    gathered (stage3_max_live_parameters 1e9), the whole weights twice."""
-    T = trainable
-    if zero == 2: return 4 * total + 4 * min(bucket, T) + 16 * T / n
-    if zero == 3: return 8 * total + 4 * min(bucket, T) + 20 * T / n
-    raise ValueError(zero)
+# sizes whose 2026-12-02 runs fixed zero_memory_fp32's ZeRO-3 terms and its per-process `deepspeed` term (nbs/21_model):
+# at ZeRO-2/3 a row of another size is out of sample
+FITTED_ON = ('8m', '30m')
 
 def _port():
     import socket
@@ -73,12 +67,9 @@ def child(size, batch, seq, steps, vocab, zero=0):
     steps_on(model, steps)
     peak = peak_rss()
     world = int(os.environ.get('WORLD_SIZE', '1'))
-    info = model_info(mc, n_gpus=world, stage=2, precision='fp32', tokens=batch * seq, targets=n_targets, batch=batch)
-    if zero:      # `pangea model info --n-gpus N`'s ZeRO line (mixed-precision accounting) plus the activation estimate
-        info['train_memory'] = {'states': info['zero_memory'][zero]['gpu_bytes'], 'activations': info['train_memory']['activations']}
-        info['train_memory']['total'] = sum(info['train_memory'].values())
-        info['train_memory']['fp32_accounting'] = int(fp32_zero_states(info['params']['total'], info['trainable'], zero, world)
-                                                      + info['train_memory']['activations'])
+    # `pangea model info --precision fp32 --n-gpus N --zero-stage Z --tokens ...`: the library's fp32 accounting
+    info = model_info(mc, n_gpus=world, stage=2, precision='fp32', zero_stage=zero, tokens=batch * seq, targets=n_targets, batch=batch)
+    info['train_memory']['terms'] = info['zero_memory'][zero].get('terms', {})
     print(json.dumps({'size': size, 'zero': zero, 'rank': int(os.environ.get('RANK', '0')), 'params': info['params']['total'], 'trainable': info['trainable'], 'weights_measured': after_build - base,
                       'measured': peak - base, 'predicted': info['train_memory']['total'], 'predicted_parts': info['train_memory']}))
 
@@ -89,8 +80,9 @@ def main():
     ap.add_argument('--seq', type=int, default=64 if smoke else 128); ap.add_argument('--steps', type=int, default=2)
     ap.add_argument('--vocab', type=int, default=32000); ap.add_argument('--child', default=None)
     ap.add_argument('--zero', type=int, default=0); ap.add_argument('--nproc', type=int, default=1)
-    ap.add_argument('--out', default=str(Path(__file__).parent / 'results' / 'train_memory.json'))
+    ap.add_argument('--out', default=None)           # default bench/results/train_memory_z<ZERO>.json: one file per stage
     a = ap.parse_args()
+    a.out = a.out or str(Path(__file__).parent / 'results' / f'train_memory_z{a.zero}.json')
     if a.child: return child(a.child, a.batch, a.seq, a.steps, a.vocab, a.zero)
     if a.zero and a.nproc < 2: sys.exit('--zero 2|3 is measured with --nproc 2 or more (DeepSpeed over gloo, one process per rank)')
     rows = []
@@ -105,18 +97,15 @@ def main():
         if r.returncode: sys.exit(f'{size}: child failed:\n{r.stderr[-3000:]}')
         ranks = [json.loads(l) for l in r.stdout.splitlines() if l.startswith('{')]
         row = max(ranks, key=lambda x: x['measured']); row['ranks_measured'] = [x['measured'] for x in ranks]; rows.append(row)   # the worst rank
+        parts = row['predicted_parts']
+        terms = ', '.join(f'{k} {v / 2**20:.0f}' for k, v in parts['terms'].items())
+        fit = ' [fitted on this size]' if a.zero and size in FITTED_ON else ' [out of sample]' if a.zero else ''
         print(f'{size:>6} {row["params"]:>12,} {row["predicted"] / 2**20:>9.0f} M {row["measured"] / 2**20:>9.0f} M {row["predicted"] / row["measured"]:>9.2f}'
-              f'   (states {row["predicted_parts"]["states"] / 2**20:.0f} M, activations {row["predicted_parts"]["activations"] / 2**20:.0f} M;'
-              f' weights measured {row["weights_measured"] / 2**20:.0f} M)', flush=True)
-        if a.zero:
-            f = row['predicted_parts']['fp32_accounting']
-            print(f'{"":>6} {"":>12} {f / 2**20:>9.0f} M {"":>11} {f / row["measured"]:>9.2f}   (fp32 CPU accounting, fp32_zero_states; ranks measured '
-                  + ', '.join(f'{m / 2**20:.0f} M' for m in row['ranks_measured']) + ')', flush=True)
+              f'   (states {parts["states"] / 2**20:.0f} M = {terms}; activations {parts["activations"] / 2**20:.0f} M;'
+              f' weights measured {row["weights_measured"] / 2**20:.0f} M; ranks measured '
+              + ', '.join(f'{m / 2**20:.0f} M' for m in row['ranks_measured']) + f'){fit}', flush=True)
     worst = max(abs(r['predicted'] / r['measured'] - 1) for r in rows)
-    print(f'memory model: worst |predicted/measured - 1| = {worst:.1%} over {len(rows)} sizes (goal <= 15%)')
-    if a.zero:
-        worst = max(abs(r['predicted_parts']['fp32_accounting'] / r['measured'] - 1) for r in rows)
-        print(f'fp32 CPU accounting: worst |predicted/measured - 1| = {worst:.1%} over {len(rows)} sizes (goal <= 15%)')
+    print(f'memory model (model info, fp32 accounting): worst |predicted/measured - 1| = {worst:.1%} over {len(rows)} sizes (goal <= 15%)')
     Path(a.out).parent.mkdir(parents=True, exist_ok=True); Path(a.out).write_text(json.dumps({'args': vars(a), 'rows': rows}, indent=1))
 
 if __name__ == '__main__':

@@ -14,11 +14,11 @@ from ..config import ModelConfig, ConfigError, home_path, write_manifest
 from .tokenizer import prepare_tokenizer, load_tokenizer, IMAGE_TOKEN
 
 # %% auto #0
-__all__ = ['COMPONENT_PREFIXES', 'STAGE_TRAINABLE', 'text_config', 'vision_config', 'llava_config', 'init_projector',
-           'LinearProjector', 'resolve_attn_implementation', 'sdpa_varlen_attention', 'register_sdpa_varlen',
-           'use_varlen_attention', 'build_model', 'image_feature_spread', 'build_processor', 'n_image_tokens',
-           'component_of', 'param_counts', 'zero_memory', 'lm_activation_bytes', 'train_memory', 'model_info',
-           'build_model_meta', 'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained',
+__all__ = ['COMPONENT_PREFIXES', 'DS_FP32_OVERHEAD', 'STAGE_TRAINABLE', 'ACCOUNTING', 'text_config', 'vision_config',
+           'llava_config', 'init_projector', 'LinearProjector', 'resolve_attn_implementation', 'sdpa_varlen_attention',
+           'register_sdpa_varlen', 'use_varlen_attention', 'build_model', 'image_feature_spread', 'build_processor',
+           'n_image_tokens', 'component_of', 'param_counts', 'zero_memory', 'lm_activation_bytes', 'zero_memory_fp32',
+           'model_info', 'build_model_meta', 'model_info_cli', 'save_model', 'resolve_model_dir', 'load_pretrained',
            'model_tokenizer', 'load_adapter']
 
 # %% ../../nbs/21_model.ipynb #53b63977
@@ -239,22 +239,41 @@ def lm_activation_bytes(cfg:ModelConfig, tokens:int, targets:int, precision:str 
     layers = (L * h + per_layer) if grad_checkpointing else L * per_layer
     return int(b * tokens * (layers + 2 * h) + 4 * 3 * targets * V)
 
-def train_memory(total:int, trainable:int, precision:str = 'bf16', activations:int = 0) -> dict:
-    "Bytes of one process's training step at ZeRO-0: model states for `precision` (fp32: 4 + 12 per trainable), plus `activations`."
-    states = (4 * total + 12 * trainable) if precision == 'fp32' else zero_memory(total, trainable, 0)['gpu_bytes']
-    return {'states': int(states), 'activations': int(activations), 'total': int(states + activations), 'precision': precision}
 
+# %% ../../nbs/21_model.ipynb #69ed2831
+# bytes per process of DeepSpeed's fixed costs in an fp32 CPU run (bookkeeping, gloo, allocator pools); fitted on
+# the 8m and 30m runs of bench/train_memory.py (2026-12-02), checked at 120m: see the prose above
+DS_FP32_OVERHEAD = {1: 95 * 2**20, 2: 95 * 2**20, 3: 164 * 2**20}
+
+def zero_memory_fp32(total:int, trainable:int, stage:int, n_gpus:int = 1, bucket:int = int(5e8)) -> dict:
+    "Bytes per process (`gpu_bytes`: host memory on CPU) for the model states of an fp32 run under ZeRO `stage`, by term."
+    T, N = trainable, n_gpus
+    t = {'weights': 4 * total}
+    if stage == 0: t |= {'grads': 4 * T, 'adam': 8 * T}
+    else:
+        t |= {'grads': 4 * T} if stage == 1 else {'grad_bucket': 4 * min(bucket, T)}
+        t |= {'master': 4 * T / N, 'master_grad': 4 * T / N, 'adam': 8 * T / N}
+        if stage == 3: t |= {'param_partition': 4 * T / N, 'gathered': 4 * total}
+        t['deepspeed'] = DS_FP32_OVERHEAD[stage]
+    t = {k: int(v) for k, v in t.items()}
+    return {'gpu_bytes': sum(t.values()), 'cpu_bytes': 0, 'terms': t}
 
 # %% ../../nbs/21_model.ipynb #03cf67e8
 STAGE_TRAINABLE = {0: ('lm',), 1: ('projector',), 2: ('projector', 'lm')}   # stage 2 may add 'vision' (vision_lr)
+ACCOUNTING = {'bf16': "bf16 mixed precision (DeepSpeed's estimators)", 'fp16': "fp16 mixed precision (DeepSpeed's estimators)",
+              'fp32': 'fp32 (the CPU accounting, zero_memory_fp32; measured in bench/train_memory.py)'}
 
 def _meta_config(cfg:ModelConfig) -> ModelConfig:
     "A copy of `cfg` whose pretrained parts that are not on local disk are replaced by their preset sizes."
     return cfg.replace(lm=cfg.lm if _local(cfg.lm) else None, vision=cfg.vision if _local(cfg.vision) else None)
 
 def model_info(cfg:ModelConfig | str, n_gpus:int = 8, stage:int = 2, train_vision:bool = False, offload:bool = False,
-               precision:str = 'bf16', tokens:int = 0, targets:int | None = None, grad_checkpointing:bool = False, batch:int = 1) -> dict:
-    "Parameters per component, model-state memory per ZeRO stage and one ZeRO-0 step's memory (`tokens` per micro-batch), on the meta device."
+               precision:str = 'bf16', tokens:int = 0, targets:int | None = None, grad_checkpointing:bool = False, batch:int = 1,
+               zero_stage:int = 0) -> dict:
+    "Parameters per component, model-state memory per ZeRO stage for `precision`, and one ZeRO-`zero_stage` step's memory, on the meta device."
+    precision = {'auto': 'bf16'}.get(precision, precision)        # 'auto' is bf16 where the device has it: a GPU plan
+    if precision not in ACCOUNTING: raise ValueError(f'precision {precision!r} is not one of {sorted(ACCOUNTING)} (or auto)')
+    if precision == 'fp32' and offload: raise ValueError('the fp32 accounting does not model CPU offload (a GPU feature); use --precision bf16')
     cfg = ModelConfig.preset(cfg) if isinstance(cfg, str) else cfg
     mc = _meta_config(cfg)
     with torch.device('meta'): model = build_model_meta(mc)
@@ -262,12 +281,15 @@ def model_info(cfg:ModelConfig | str, n_gpus:int = 8, stage:int = 2, train_visio
     comps = STAGE_TRAINABLE[stage] + (('vision',) if train_vision and stage == 2 else ())
     trainable = sum(counts[c] for c in comps)
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    mem = {z: zero_memory(counts['total'], trainable, z, n_gpus, offload and z >= 2, largest) for z in range(4)}
+    if precision == 'fp32': mem = {z: zero_memory_fp32(counts['total'], trainable, z, n_gpus) for z in range(4)}
+    else: mem = {z: zero_memory(counts['total'], trainable, z, n_gpus, offload and z >= 2, largest) for z in range(4)}
     vocab = model.get_output_embeddings().weight.shape[0]
     act = lm_activation_bytes(mc, tokens, tokens if targets is None else targets, precision, grad_checkpointing, vocab) if tokens else 0
     return {'params': counts, 'trainable': trainable, 'stage': stage, 'n_gpus': n_gpus, 'offload': offload,
-            'arch': cfg.arch, 'n_image_tokens': cfg.n_image_tokens, 'zero_memory': mem,
-            'train_memory': {**train_memory(counts['total'], trainable, precision, act), 'tokens': tokens},
+            'arch': cfg.arch, 'n_image_tokens': cfg.n_image_tokens, 'precision': precision, 'accounting': ACCOUNTING[precision],
+            'zero_memory': mem, 'train_memory': {'states': mem[zero_stage]['gpu_bytes'], 'activations': act,
+                                               'total': mem[zero_stage]['gpu_bytes'] + act, 'zero_stage': zero_stage,
+                                               'precision': precision, 'tokens': tokens},
             'sizes_from': {'lm': 'local config' if mc.lm else 'preset sizes', 'vision': 'local config' if mc.vision else 'preset sizes'}}
 
 def build_model_meta(cfg:ModelConfig):
@@ -288,31 +310,39 @@ def model_info_cli(name:str,                 # a ModelConfig preset (tiny, small
                    stage:int = 2,            # training stage: 0 LM, 1 projector, 2 projector + LM
                    train_vision:bool = False,  # stage 2 also trains the vision tower (Pangea: vision_lr 2e-6)
                    offload:bool = False,     # ZeRO-Offload of optimizer states (and parameters at ZeRO-3) to CPU
-                   tokens:int = 0,           # tokens per micro-batch: also print one ZeRO-0 step's memory (states + activations)
-                   precision:str = 'bf16',   # bf16 (mixed precision, DeepSpeed's accounting) or fp32 (CPU)
+                   tokens:int = 0,           # tokens per micro-batch: also print one training step's memory (states + activations)
+                   precision:str = None,     # fp32 | bf16 | fp16; default: a run config's train.precision (auto = bf16), else bf16
+                   zero_stage:int = None,    # ZeRO stage of the step line; default: a run config's train.zero_stage, else 0
                    grad_checkpointing:bool = False,  # activations with gradient checkpointing
                    json:bool = False):       # print JSON
     "Parameter count per component and model-state memory per GPU under ZeRO 0-3, without allocating weights."
     import json as _json
     from pangea_nb.config import RunConfig
+    train = None
     if Path(name).suffix in ('.yaml', '.yml', '.json'):
         try: cfg = ModelConfig.load(name)
-        except ConfigError: cfg = RunConfig.load(name).model
+        except ConfigError: run = RunConfig.load(name); cfg, train = run.model, run.train
     else: cfg = ModelConfig.preset(name)
+    src = '--precision' if precision else f'train.precision of {name}' if train else 'the default'
+    precision = precision or (train.precision if train else 'bf16')
+    zero_stage = zero_stage if zero_stage is not None else train.zero_stage if train else 0
     info = model_info(cfg, n_gpus=n_gpus, stage=stage, train_vision=train_vision, offload=offload, precision=precision,
-                      tokens=tokens, grad_checkpointing=grad_checkpointing)
+                      tokens=tokens, grad_checkpointing=grad_checkpointing, zero_stage=zero_stage)
     if json: print(_json.dumps(info, indent=2)); return info
     p = info['params']
     print(f"{name}: {cfg.arch}, {p['total']:,} parameters (vision {p['vision']:,}, projector {p['projector']:,}, lm {p['lm']:,}); "
           f"{info['n_image_tokens']} tokens per image tile; sizes from {info['sizes_from']}")
+    print(f"memory accounting: {info['accounting']} (precision {info['precision']!r} from {src})")
     print(f"stage {stage}: {info['trainable']:,} trainable; model states per GPU with {n_gpus} GPUs"
           f"{' (optimizer offloaded at ZeRO 2-3)' if offload else ''}, activations not included:")
     for z, m in info['zero_memory'].items():
         print(f"  ZeRO-{z}: {_size(m['gpu_bytes']):>10} per GPU" + (f", {_size(m['cpu_bytes'])} CPU" if m['cpu_bytes'] else ''))
     if tokens:
         tm = info['train_memory']
-        print(f"one ZeRO-0 training step, {precision}, {tokens:,} tokens per micro-batch (all labelled){', gradient checkpointing' if grad_checkpointing else ''}: "
-              f"{_size(tm['total'])} (model states {_size(tm['states'])} + activations {_size(tm['activations'])}; measured against real steps in bench/train_memory.py)")
+        chk = ('checked against real CPU steps in bench/train_memory.py' if info['precision'] == 'fp32'
+               else 'not yet checked against a GPU run: bench/gpu_check.sh')
+        print(f"one ZeRO-{zero_stage} training step, {info['precision']}, {tokens:,} tokens per micro-batch (all labelled){', gradient checkpointing' if grad_checkpointing else ''}: "
+              f"{_size(tm['total'])} (model states {_size(tm['states'])} + activations {_size(tm['activations'])}; {chk})")
     return info
 
 def _size(b:int) -> str:
