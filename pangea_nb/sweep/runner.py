@@ -134,8 +134,8 @@ def execute_run(plan:RunPlan, template, threads:int | None = None, shared_dir=No
     if not template.exists(): raise FileNotFoundError(f'run template {template} does not exist')
     out = plan.out_dir
     with run_lock(out):
-        plan.config.save(out/'config.yaml')
-        params = {'CONFIG': str(out/'config.yaml'), 'THREADS': int(threads or 0), 'PROGRESS': False}
+        plan.config.save(out/'plan.yaml')      # the grid's description; the template writes the resolved config.yaml
+        params = {'CONFIG': str(out/'plan.yaml'), 'THREADS': int(threads or 0), 'PROGRESS': False}
         if shared_dir is not None: params['SHARED_DIR'] = str(shared_dir)
         atomic_write_json(out/'params.json', {'run_id': plan.run_id, 'point': plan.point, 'params': params})
         with open(out/'log', 'a', encoding='utf-8') as log:
