@@ -185,3 +185,16 @@ def test_gpu_recipes_dry_run_and_slurm(tmp_path):
     assert 'submitted job 4242' in r.stdout
     r = pangea('sweep', tmp_path/'pangea7b_english_ratio.yaml', '--slurm', '--submit', check=False, env={**os.environ, 'PATH': '/usr/bin:/bin'})
     assert r.returncode == 1 and 'sbatch not found' in r.stderr
+
+def test_bad_report_key_refused_before_anything_starts(tmp_path, capsys):
+    "A report axis, facet or series the spec cannot have is refused by --dry-run, --slurm and a local run, in one line naming the key."
+    from pangea_nb.sweep.launch import sweep_cmd
+    for rep, want in (({'x': 'data.english_rato'}, "report.x = 'data.english_rato': neither a grid key"),
+                      ({'facets': ['pretrain.english_rati']}, "report.facets = 'pretrain.english_rati': neither a grid key"),
+                      ({'series': 'language'}, "report.series = 'language': must be one of ['en_mul', 'lang', 'script']")):
+        spec = spec_file(tmp_path, 'badrep', {'data.english_ratio': [0.5]}, report=rep)
+        for kw in ({'quiet': True}, {'dry_run': True}, {'slurm': True}):
+            assert sweep_cmd(str(spec), **kw) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.count('\n') == 0 and err.startswith(f'error: {spec}: ') and want in err, (kw, err)
+    assert not (tmp_path/'runs').exists()
