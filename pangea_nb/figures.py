@@ -28,8 +28,9 @@ def plot_english_ratio(df:pd.DataFrame, ax=None, title:str | None = None, ylabel
     ax = _ax(ax)
     for grp, g in df.sort_values('english_ratio').groupby('lang'):
         x = 100 * g.english_ratio.to_numpy(float)
-        c = GROUP_COLOURS.get(grp)
-        ax.plot(x, g['mean'], marker='o', color=c, label={'en': 'English', 'mul': 'multilingual (non-English mean)'}.get(grp, grp))
+        line, = ax.plot(x, g['mean'], marker='o', color=GROUP_COLOURS.get(grp),
+                        label={'en': 'English', 'mul': 'multilingual (non-English mean)'}.get(grp, grp))
+        c = line.get_color()                         # a language or script group without a fixed colour: its band follows its line
         if {'lo', 'hi'} <= set(g.columns):           # a rate's interval is drawn inside 0-100 (the CSV keeps it as computed)
             ax.fill_between(x, g.lo.clip(0, 100), g.hi.clip(0, 100), color=c, alpha=0.15, label='_ci')
     ax.set_xlabel('English share of training samples (%)'); ax.set_ylabel(ylabel)

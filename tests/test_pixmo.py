@@ -218,6 +218,25 @@ def test_template_has_one_run_parameter_and_the_spec_checks():
     assert [p.config.pixmo.train_langs for p in plans[::3]] == ['en', 'all'] and len(plans) == 6
 
 
+def test_ablation_report_keeps_the_dotted_arm_name(tmp_path):
+    "The report's table, CSV, JSON and figure legend spell the arm as the grid does: pixmo.train_langs (no rename)."
+    import pandas as pd
+    from pangea_nb.contracts import write_results
+    from pangea_nb.pixmo.ablation import ablation_report, SCORES
+    for arm, base in (('en', 40.0), ('all', 50.0)):
+        for seed in (0, 1):
+            rd = tmp_path/'runs'/f'pixmo.train_langs{arm}-seed{seed}'; rd.mkdir(parents=True)
+            write_results(rd/'metrics.json', [dict(run_id=rd.name, step=1, task=t, lang=l, metric='accuracy', value=base + seed + (l == 'en'), n=4)
+                                              for t in SCORES['generate'][1] for l in ('en', 'es')])
+            (rd/'params.json').write_text(json.dumps({'point': {'pixmo.train_langs': arm, 'seed': seed}}))
+    rep = ablation_report(tmp_path/'runs', tmp_path/'figs')
+    csv = pd.read_csv(tmp_path/'figs'/'pixmo_ablation.csv')
+    assert list(csv.columns[:3]) == ['mode', 'lang', 'pixmo.train_langs'] and set(csv['pixmo.train_langs']) == {'en', 'all'}
+    summ = json.loads((tmp_path/'figs'/'pixmo_ablation.json').read_text())
+    assert all('pixmo.train_langs' in r and 'train_langs' not in r for r in summ['by_arm'])
+    assert rep['delta_non_english_mean'] == {'generate': 10.0}
+
+
 @pytest.mark.slow
 def test_ablation_recipe_smoke(tmp_path):
     spec = tmp_path/'pixmo.yaml'
@@ -241,6 +260,7 @@ def test_ablation_recipe_smoke(tmp_path):
     r = subprocess.run([str(BIN/'pangea'), 'pixmo', 'ablation-report', str(spec), '--out', str(tmp_path/'figs')], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     for f in ('pixmo_ablation.png', 'pixmo_ablation.csv', 'pixmo_ablation.json'): assert (tmp_path/'figs'/f).exists()
+    assert 'pixmo.train_langs' in (tmp_path/'figs'/'pixmo_ablation.csv').read_text().splitlines()[0].split(',')   # the grid's spelling
     summ = json.loads((tmp_path/'figs'/'pixmo_ablation.json').read_text())
     assert summ['runs'] == 2 and set(summ['delta_english']) == {'generate', 'loglik', 'heldout-cap', 'heldout-ama'}
     assert {(r['mode'], r['lang']) for r in summ['paired']} >= {('generate', 'en'), ('generate', 'non-en')}

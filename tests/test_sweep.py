@@ -92,7 +92,8 @@ def test_nonfinite_loss_stops_training(tmp_path):
 
 @pytest.mark.slow
 def test_template_through_papermill_and_report(tmp_path):
-    spec = spec_file(tmp_path, 'smoke', {'data.english_ratio': [0.5], 'seed': [0]}, report={'x': 'data.english_ratio'})
+    base = {**smoke_base(), 'train': {'micro_batch_size': 8, 'log_every': 1}}   # every step logged: the retrain's log is compared
+    spec = spec_file(tmp_path, 'smoke', {'data.english_ratio': [0.5], 'seed': [0]}, base=base, report={'x': 'data.english_ratio'})
     pangea('sweep', spec, '--quiet')
     (run,) = [d for d in (tmp_path/'runs').iterdir() if (d/'metrics.json').exists()]
     m = json.loads((run/'metrics.json').read_text())
@@ -107,6 +108,17 @@ def test_template_through_papermill_and_report(tmp_path):
     from pangea_nb.config import RunConfig
     rc = RunConfig.load(run/'config.yaml')                          # the resolved description the run used
     assert rc.data.english_ratio == 0.5 and rc.seed == 0 and rc.data.synth_langs == ['en', 'sw'] and len(rc.stages) == 3
+    last = rc.stages[-1]                                            # stage 2 as trained: from the shared model, on the mixture
+    assert Path(last['train.init_from']).is_relative_to(tmp_path/'runs'/'shared') and Path(last['train.init_from']).exists()
+    assert [Path(p['path']).is_relative_to(run/'mixture') for p in last['data.pools']] == [True]
+    assert RunConfig.load(run/'plan.yaml').stages[-1] == smoke_base()['stages'][-1]   # the grid's plan, kept beside it
+    # `pangea train RUN_DIR/config.yaml` trains that stage alone and gives the run's stage-2 weights and loss log
+    pangea('train', run/'config.yaml', '--out', tmp_path/'retrain', '--no-progress')
+    assert sorted(p.name for p in (tmp_path/'retrain').glob('stage*')) == ['stage2', 'stages.json']
+    weights = lambda d: (d/'stage2'/'model'/'model.safetensors').read_bytes()
+    assert weights(tmp_path/'retrain') == weights(run)
+    losses = lambda d: [json.loads(l)['loss'] for l in (d/'stage2'/'train_log.jsonl').read_text().splitlines()]
+    assert losses(tmp_path/'retrain') == losses(run) and len(losses(run)) == 6
     # the explorer reads the run; the report gathers it
     from pangea_nb.explorer import Explorer
     ex = Explorer(tmp_path)
@@ -173,3 +185,16 @@ def test_gpu_recipes_dry_run_and_slurm(tmp_path):
     assert 'submitted job 4242' in r.stdout
     r = pangea('sweep', tmp_path/'pangea7b_english_ratio.yaml', '--slurm', '--submit', check=False, env={**os.environ, 'PATH': '/usr/bin:/bin'})
     assert r.returncode == 1 and 'sbatch not found' in r.stderr
+
+def test_bad_report_key_refused_before_anything_starts(tmp_path, capsys):
+    "A report axis, facet or series the spec cannot have is refused by --dry-run, --slurm and a local run, in one line naming the key."
+    from pangea_nb.sweep.launch import sweep_cmd
+    for rep, want in (({'x': 'data.english_rato'}, "report.x = 'data.english_rato': neither a grid key"),
+                      ({'facets': ['pretrain.english_rati']}, "report.facets = 'pretrain.english_rati': neither a grid key"),
+                      ({'series': 'language'}, "report.series = 'language': must be one of ['en_mul', 'lang', 'script']")):
+        spec = spec_file(tmp_path, 'badrep', {'data.english_ratio': [0.5]}, report=rep)
+        for kw in ({'quiet': True}, {'dry_run': True}, {'slurm': True}):
+            assert sweep_cmd(str(spec), **kw) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.count('\n') == 0 and err.startswith(f'error: {spec}: ') and want in err, (kw, err)
+    assert not (tmp_path/'runs').exists()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools, re, unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-import yaml
+from ..config import load_yaml, ConfigError
 
 # %% auto #0
 __all__ = ['PLURAL_RULES', 'DIGIT_ZEROS', 'PACK_KEYS', 'Seg', 'SLOT_RE', 'COLOURS', 'SHAPES', 'POSITIONS', 'ITEMS', 'CONTAINERS',
@@ -122,8 +122,8 @@ def _pack_from_dict(d:dict, path) -> LangPack:
 
 @functools.lru_cache(maxsize=None)
 def _load_pack_file(path:str) -> LangPack:
-    try: d = yaml.load(Path(path).read_text(encoding='utf-8'), Loader=getattr(yaml, 'CSafeLoader', yaml.SafeLoader))  # safe; C if built
-    except yaml.YAMLError as e: raise TemplateError(f'{path}: not valid YAML: {e}') from None
+    try: d = load_yaml(Path(path))   # the project's bounded safe loader: size, depth and alias limits
+    except ConfigError as e: raise TemplateError(str(e)) from None
     return _pack_from_dict(d, path)
 
 def available_langs(assets=None) -> list[str]:

@@ -13,9 +13,10 @@ from ..config import config_hash
 from ..contracts import make_once
 
 # %% auto #0
-__all__ = ['TRAIN_FAMILIES', 'HELDOUT_TASKS', 'SCORES', 'ablation_langs', 'ablation_data', 'train_pools', 'matched_pools',
-           'stage2_pools', 'pool_stats', 'heldout_data', 'heldout_items', 'heldout_scores', 'ablation_frame',
-           'ablation_table', 'plot_pixmo_ablation', 'paired_differences', 'ablation_report', 'ablation_report_cmd']
+__all__ = ['TRAIN_FAMILIES', 'HELDOUT_TASKS', 'SCORES', 'ARM', 'ARM_LABELS', 'ablation_langs', 'ablation_data', 'train_pools',
+           'matched_pools', 'stage2_pools', 'pool_stats', 'heldout_data', 'heldout_items', 'heldout_scores',
+           'ablation_frame', 'ablation_table', 'plot_pixmo_ablation', 'paired_differences', 'ablation_report',
+           'ablation_report_cmd']
 
 # %% ../../nbs/94_pixmo_ablation.ipynb #53ee0dd1
 TRAIN_FAMILIES = {'caption': 1, 'vqa': 3, 'count': 1, 'exists': 2, 'mcq': 2, 'ocr': 1}
@@ -172,21 +173,23 @@ def heldout_scores(predictor, regen_dir, langs, n:int, run_id:str, step=None, ma
 # %% ../../nbs/94_pixmo_ablation.ipynb #e2caef1e
 SCORES = {'generate': ('accuracy', ('mmbench', 'scienceqa', 'mme', 'pope', 'ai2d')), 'loglik': ('loglik_accuracy', ('mmbench', 'scienceqa', 'ai2d')),
           'heldout-cap': ('cider_d', ('heldout-cap',)), 'heldout-ama': ('exact_match', ('heldout-ama',))}   # the regenerated held-out split
+ARM = 'pixmo.train_langs'   # the ablation's axis: its grid key, spelt the same in the table, its CSV/JSON and the figure's legend
+ARM_LABELS = {'en': 'English-only', 'all': 'multilingual'}
 
 def ablation_frame(df:pd.DataFrame) -> pd.DataFrame:
-    "Per run, language and scoring mode: the mean over tasks (`score`), from gathered result rows with a `train_langs` column."
+    "Per run, language and scoring mode: the mean over tasks (`score`), from gathered result rows with a `pixmo.train_langs` column."
     out = []
     for mode, (metric, tasks) in SCORES.items():
         d = df[(df.metric == metric) & (df.task.isin(tasks)) & (df.lang != 'mul')]   # 'mul' rows are the harness's non-English mean
-        for (run, arm, seed, lang), g in d.groupby(['run_dir', 'train_langs', 'seed', 'lang']):
-            out.append({'run_dir': run, 'train_langs': arm, 'seed': seed, 'lang': lang, 'mode': mode, 'score': float(g.value.mean()), 'tasks': len(g)})
+        for (run, arm, seed, lang), g in d.groupby(['run_dir', ARM, 'seed', 'lang']):
+            out.append({'run_dir': run, ARM: arm, 'seed': seed, 'lang': lang, 'mode': mode, 'score': float(g.value.mean()), 'tasks': len(g)})
     return pd.DataFrame(out)
 
 def ablation_table(frame:pd.DataFrame) -> pd.DataFrame:
     "Mean and CI per (mode, language, arm), and the multilingual minus English-only difference per (mode, language)."
     from pangea_nb.sweep.results import summarise
-    s = summarise(frame, ['mode', 'lang', 'train_langs'], value='score')
-    piv = s.pivot_table(index=['mode', 'lang'], columns='train_langs', values='mean').reset_index()
+    s = summarise(frame, ['mode', 'lang', ARM], value='score')
+    piv = s.pivot_table(index=['mode', 'lang'], columns=ARM, values='mean').reset_index()
     piv['delta'] = piv.get('all') - piv.get('en')
     return s, piv
 
@@ -197,13 +200,13 @@ def plot_pixmo_ablation(s:pd.DataFrame, ax=None, mode:str = 'generate', title:st
     if ax is None: _, ax = new_figure(figsize=(6, 3.5))
     d = s[s['mode'] == mode]
     langs = sorted(d.lang.unique(), key=lambda l: (l != 'en', l)); x = np.arange(len(langs))
-    for k, (arm, label, c) in enumerate((('en', 'English-only', '#1f77b4'), ('all', 'multilingual', '#d62728'))):
-        g = d[d.train_langs == arm].set_index('lang').reindex(langs)
-        ax.bar(x + (k - 0.5) * 0.38, g['mean'], 0.38, color=c, label=label,
+    for k, (arm, c) in enumerate((('en', '#1f77b4'), ('all', '#d62728'))):
+        g = d[d[ARM] == arm].set_index('lang').reindex(langs)
+        ax.bar(x + (k - 0.5) * 0.38, g['mean'], 0.38, color=c, label=f'{arm} ({ARM_LABELS[arm]})',
                yerr=[(g['mean'] - g['lo'].clip(lower=0)).fillna(0).clip(lower=0),   # a rate's interval drawn inside 0-100%
                       (g['hi'].clip(upper=100) - g['mean']).fillna(0).clip(lower=0)], capsize=3)
     ax.set_xticks(x); ax.set_xticklabels(langs); ax.set_xlabel('evaluation language')
-    ax.set_ylabel(f'{SCORES[mode][0]} (%), mean over tasks'); ax.legend(loc='best')
+    ax.set_ylabel(f'{SCORES[mode][0]} (%), mean over tasks'); ax.legend(loc='best', title=ARM)
     if title: ax.set_title(title)
     return ax
 
@@ -211,7 +214,7 @@ def plot_pixmo_ablation(s:pd.DataFrame, ax=None, mode:str = 'generate', title:st
 def paired_differences(frame:pd.DataFrame, level:float = 0.95) -> pd.DataFrame:
     "Multilingual minus English-only per (mode, language) and over the non-English ones ('non-en'): paired t interval over seeds."
     from pangea_nb.eval.stats import run_interval
-    w = frame.pivot_table(index=['mode', 'lang', 'seed'], columns='train_langs', values='score')
+    w = frame.pivot_table(index=['mode', 'lang', 'seed'], columns=ARM, values='score')
     if not {'en', 'all'} <= set(w.columns): raise ValueError(f'paired_differences needs both arms (en, all); have {sorted(w.columns)}')
     w = w.dropna(subset=['en', 'all']).assign(diff=lambda d: d['all'] - d['en']).reset_index()   # pairs: the same seed in both arms
     non_en = w[w.lang != 'en'].groupby(['mode', 'seed'])['diff'].mean().reset_index().assign(lang='non-en')
@@ -228,8 +231,8 @@ def ablation_report(root, out_dir='figures', name:str = 'pixmo_ablation') -> dic
     import matplotlib.pyplot as plt
     from pangea_nb.sweep.results import gather
     from pangea_nb.contracts import save_fig, new_figure, atomic_write_json
-    df = gather(root).rename(columns={'pixmo.train_langs': 'train_langs'})
-    if df.empty or 'train_langs' not in df: raise ValueError(f'{root}: no finished runs of a pixmo ablation sweep (grid over pixmo.train_langs)')
+    df = gather(root)
+    if df.empty or ARM not in df: raise ValueError(f'{root}: no finished runs of a pixmo ablation sweep (grid over pixmo.train_langs)')
     if 'seed' not in df: df['seed'] = 0
     frame = ablation_frame(df); s, piv = ablation_table(frame); paired = paired_differences(frame)
     fig, axes = new_figure(1, 2, figsize=(11, 3.8))

@@ -10,7 +10,7 @@ import concurrent.futures as cf, json, os, shutil, subprocess, sys, threading, t
 from pathlib import Path
 from ..config import SweepConfig, ConfigError, project_root
 from ..contracts import atomic_write_json, atomic_write_text
-from .runner import RunPlan, RunFailed, expand_grid, execute_run, sweep_dir, thread_env
+from .runner import RunPlan, RunFailed, expand_grid, execute_run, sweep_dir, thread_env, report_keys
 
 # %% auto #0
 __all__ = ['SLURM_KEYS', 'last_step', 'run_progress', 'write_progress', 'default_threads', 'run_sweep', 'measured_seconds',
@@ -188,7 +188,9 @@ def check_sweep(path, local:bool = True) -> tuple[SweepConfig, list, list[str]]:
     tpl = Path(spec.template)
     if not tpl.is_absolute() and not tpl.exists() and project_root(): tpl = project_root()/tpl
     if not tpl.exists(): raise ConfigError(f'{path}: template = {spec.template!r}: no such run template')
-    try: plans = expand_grid(spec)
+    try:
+        plans = expand_grid(spec)
+        report_keys(spec)                  # the figure's x, facets and series: a typo here would surface only after the runs
     except ConfigError as e: raise ConfigError(f'{path}: {e}') from None
     missing = sorted({m for p in plans for m in missing_paths(p.config)})
     if missing and local: raise ConfigError(f'{path}: data not found: {missing[0]}' + (f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''))

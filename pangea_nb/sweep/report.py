@@ -9,22 +9,23 @@ from __future__ import annotations
 import json, math
 from pathlib import Path
 import numpy as np, pandas as pd
-from ..config import SweepConfig, figures_dir
+from ..config import SweepConfig, RunConfig, ConfigError, figures_dir
 from ..contracts import save_fig, new_figure, atomic_write_text
 from .results import gather, write_table, en_mul, summarise
 from ..contracts import read_jsonl
 from ..eval.tasks import get_task
 from ..eval.stats import t_interval, resample_indices, lang_rng, mean_aggregate
 from .template import _metric_name
-from .runner import sweep_dir
+from .runner import sweep_dir, report_keys
 from ..figures import plot_english_ratio, plot_proportion_vs_score, plot_lang_task_heatmap
 
 # %% auto #0
-__all__ = ['METRIC_LABEL', 'AXIS_LABEL', 'RESULT_COLUMNS', 'SHARE_COLUMNS', 'CJK_SCRIPTS', 'metric_mode', 'primary_metric',
-           'primary_rows', 'task_rows', 'average_rows', 'item_scores', 'run_bootstrap', 'report_summary', 'axis_label',
-           'proportions', 'curve_panels', 'panel_title', 'english_ratio_figure', 'facet_keys', 'sensitivity_figure',
-           'run_shares', 'share_scores', 'share_design', 'share_figure', 'script_group', 'by_script', 'design_figures',
-           'per_metric', 'report_sweep', 'sweep_report_cmd']
+__all__ = ['SCRIPT_GROUPS', 'METRIC_LABEL', 'AXIS_LABEL', 'RESULT_COLUMNS', 'SHARE_COLUMNS', 'CJK_SCRIPTS', 'metric_mode',
+           'primary_metric', 'primary_rows', 'task_rows', 'series_langs', 'average_rows', 'item_scores',
+           'run_bootstrap', 'report_summary', 'axis_label', 'proportions', 'curve_panels', 'panel_title',
+           'english_ratio_figure', 'facet_keys', 'sensitivity_figure', 'run_shares', 'share_scores', 'share_design',
+           'share_figure', 'script_group', 'by_script', 'design_figures', 'per_metric', 'config_columns',
+           'report_sweep', 'sweep_report_cmd']
 
 # %% ../../nbs/54_report.ipynb #00cf0401
 def metric_mode(metric:str) -> str:
@@ -48,17 +49,30 @@ def primary_rows(df:pd.DataFrame) -> pd.DataFrame:
     parts = [g[g.metric == primary_metric(task, mode, set(g.metric))] for (task, mode), g in d.groupby(['task', 'mode'])]
     return pd.concat(parts, ignore_index=True) if parts else d.iloc[:0]
 
-def task_rows(p:pd.DataFrame, keys:list) -> pd.DataFrame:
-    "Per run, task and mode of the primary rows `p`: English, 'mul' (non-English mean) and each language's score."
+def task_rows(p:pd.DataFrame, keys:list, series:str = 'en_mul') -> pd.DataFrame:
+    "Per run, task and mode of the primary rows `p`: English, 'mul' (non-English mean), each language and (`series: script`) each script group."
     cols = ['run_dir', *keys, 'task', 'metric', 'mode']
     em = en_mul(p[cols + ['lang', 'value']])[cols + ['lang', 'value']]
     per = p.loc[~p.lang.isin(['en', 'mul', 'all']), cols + ['lang', 'value']]
-    return pd.concat([em, per], ignore_index=True)
+    parts = [em, per]
+    if series == 'script':   # the mean over a script group's non-English languages, labelled by the group
+        parts.append(per.assign(lang=per.lang.map(script_group)).groupby(cols + ['lang'], as_index=False, dropna=False).value.mean())
+    return pd.concat(parts, ignore_index=True)
 
 # %% ../../nbs/54_report.ipynb #6699a57d
-def average_rows(t:pd.DataFrame, keys:list) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(averages, missing): per run, mode and en/mul, the mean over the sweep's tasks in that mode; a run missing one gets none."
-    t = t[t.lang.isin(['en', 'mul'])]
+SCRIPT_GROUPS = ('Latin', 'CJK', 'other')   # the `lang` labels of script-group rows (`series: script`)
+
+def series_langs(s:pd.DataFrame, series:str = 'en_mul') -> list[str]:
+    "The lines of `series` among the `lang` labels of `s`: en and mul; en and every language; or en and each script group."
+    present = set(s.lang)
+    if series == 'en_mul': want = ['en', 'mul']
+    elif series == 'script': want = ['en', *SCRIPT_GROUPS]
+    else: want = ['en', *sorted(present - {'en', 'mul', 'all', *SCRIPT_GROUPS})]
+    return [l for l in want if l in present]
+
+def average_rows(t:pd.DataFrame, keys:list, series:str = 'en_mul') -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(averages, missing): per run, mode and line of `series`, the mean over the sweep's tasks that score it; a run missing one gets none."
+    t = t[t.lang.isin(series_langs(t, series))]
     expected = {k: set(g.task) for k, g in t.groupby(['mode', 'lang'])}          # what the sweep scored
     have = {k: dict(zip(g.task, g.value)) for k, g in t.groupby(['run_dir', 'mode', 'lang'])}
     avg, missing = [], []
@@ -90,12 +104,14 @@ def run_bootstrap(run:Path, t:pd.DataFrame, averages:pd.DataFrame, level:float =
     "Item-bootstrap (lo, hi) of one run's rows: {(task, metric, lang): (lo, hi)} for its tasks and its averages."
     q, out, agg = [(1 - level) / 2, (1 + level) / 2], {}, {}
     for (task, metric, mode), g in t.groupby(['task', 'metric', 'mode']):
-        reported = {l: v for l, v in zip(g.lang, g.value) if l != 'mul'}
+        reported = {l: v for l, v in zip(g.lang, g.value) if l not in ('mul', *SCRIPT_GROUPS)}
         sc = item_scores(run, task, mode, reported)
         if sc is None: continue
         boots = {l: np.concatenate([a[ix].mean(axis=1) for ix in resample_indices(len(a), n_boot, lang_rng(seed, f'{task}/{l}'))])
                  for l, a in sc.items()}
         if len(non := [b for l, b in boots.items() if l != 'en']): boots['mul'] = np.mean(non, axis=0)
+        for grp in set(g.lang) & set(SCRIPT_GROUPS):     # a script group's resample: the mean of its languages' resamples
+            boots[grp] = np.mean([boots[l] for l in sc if l != 'en' and script_group(l) == grp], axis=0)
         for l, b in boots.items():
             out[(task, metric, l)] = tuple(np.quantile(b, q))
             agg[(task, mode, l)] = b
@@ -106,11 +122,11 @@ def run_bootstrap(run:Path, t:pd.DataFrame, averages:pd.DataFrame, level:float =
     return out
 
 # %% ../../nbs/54_report.ipynb #203bd056
-def report_summary(df:pd.DataFrame, x:str, facets=(), root=None, level:float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "(summary, missing): per point and series the mean over seeds with its interval (t with >= 2 seeds, item bootstrap with 1)."
+def report_summary(df:pd.DataFrame, x:str, facets=(), root=None, level:float = 0.95, series:str = 'en_mul') -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(summary, missing): per point and line of `series` the mean over seeds with its interval (t with >= 2 seeds, item bootstrap with 1)."
     keys = [x, *facets]
-    t = task_rows(primary_rows(df), keys)
-    avg, missing = average_rows(t, keys)
+    t = task_rows(primary_rows(df), keys, series)
+    avg, missing = average_rows(t, keys, series)
     runs = pd.concat([avg, t], ignore_index=True)
     boot = {}                                            # run -> its bootstrap bounds, computed only where one seed is all there is
     rows = []
@@ -167,15 +183,15 @@ def panel_title(s:pd.DataFrame, task:str, metric:str) -> str:
     if len(inner) == 1: return f'{inner.task.iloc[0]}: {METRIC_LABEL.get(inner.metric.iloc[0], inner.metric.iloc[0])}'
     return f'average over {len(inner)} tasks ({METRIC_LABEL[metric]})'
 
-def english_ratio_figure(s:pd.DataFrame, x:str = 'data.english_ratio'):
-    "English and mul means with intervals against `x`, one panel per average and task of the summary `s`; returns (fig, rows drawn)."
+def english_ratio_figure(s:pd.DataFrame, x:str = 'data.english_ratio', series:str = 'en_mul'):
+    "The lines of `series` (default: English and mul) with intervals against `x`, one panel per average and task of `s`; returns (fig, rows drawn)."
     panels = curve_panels(s)
     if not panels: raise ValueError('the summary has no averages or tasks to plot')
     cols = min(3, len(panels)); rows = -(-len(panels) // cols)
     fig, axes = new_figure(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False, layout='constrained')
     drawn = []
     for ax, (task, metric) in zip(axes.flat, panels):
-        sel = s[(s.task == task) & (s.metric == metric) & s.lang.isin(['en', 'mul'])]
+        sel = s[(s.task == task) & (s.metric == metric) & s.lang.isin(series_langs(s, series))]
         _plot_curve(sel, x, ax, title=panel_title(s, task, metric), ylabel='score (published scale)')
         drawn.append(sel)
     for ax in list(axes.flat)[len(panels):]: ax.set_visible(False)
@@ -191,9 +207,9 @@ def facet_keys(df:pd.DataFrame, x:str = 'data.english_ratio') -> list[str]:
     "Grid columns other than the x axis and the seed (settings a sensitivity sweep varies)."
     return [c for c in df.columns if c not in RESULT_COLUMNS | {x, 'seed'}]
 
-def sensitivity_figure(s:pd.DataFrame, facets:list[str], mode:str = 'generate', x:str = 'data.english_ratio'):
-    "One panel per combination of the `facets` settings: the `mode` average's en and mul of the summary `s`; returns (fig, rows drawn)."
-    s = s[(s.task == 'average') & (s.metric == mode) & s.lang.isin(['en', 'mul'])]
+def sensitivity_figure(s:pd.DataFrame, facets:list[str], mode:str = 'generate', x:str = 'data.english_ratio', series:str = 'en_mul'):
+    "One panel per combination of the `facets` settings: the `mode` average's lines of `series` in the summary `s`; returns (fig, rows drawn)."
+    s = s[(s.task == 'average') & (s.metric == mode) & s.lang.isin(series_langs(s, series))]
     if s.empty: raise ValueError(f'the summary has no {mode} averages to plot')
     combos = s[facets].drop_duplicates().sort_values(facets).to_dict('records')
     cols = min(3, math.ceil(math.sqrt(len(combos)))); rows = -(-len(combos) // cols)
@@ -287,8 +303,24 @@ def per_metric(df:pd.DataFrame) -> str:
     "The metric the per-language figures show: exact match of generated answers where present, else the first one."
     return next((m for m in ('exact_match', 'accuracy') if m in set(df.metric)), df.metric.iloc[0])
 
+def config_columns(df:pd.DataFrame, root, keys) -> pd.DataFrame:
+    "`df` with a column for each dotted field of `keys` that is no grid column, read from each run's recorded config (its last stage)."
+    need = [k for k in keys if k and k != 'mixture.share' and k not in df.columns]
+    if not need: return df
+    vals = {}
+    for run in df.run_dir.unique():
+        m = Path(root)/run/'metrics.json'
+        try: last = RunConfig.from_dict(json.loads(m.read_text())['config']).stage_configs()[-1].to_dict()
+        except (KeyError, TypeError, ConfigError) as e: raise ValueError(f'{m}: no readable run config for the report keys {need} ({e})') from None
+        for k in need:
+            v = last
+            for p in k.split('.'): v = v.get(p) if isinstance(v, dict) else None
+            vals[(run, k)] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    return df.assign(**{k: [vals[(r, k)] for r in df.run_dir] for k in need})
+
 def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = None) -> dict:
     "Gather a sweep, write `results.csv/.parquet` and `summary.csv` beside its runs, and its figures into `out_dir`."
+    where = spec
     if isinstance(spec, (str, Path)) and Path(spec).is_file(): spec = SweepConfig.load(spec)
     root = sweep_dir(spec) if isinstance(spec, SweepConfig) else Path(spec)
     name = name or (spec.name if isinstance(spec, SweepConfig) else root.name)
@@ -296,24 +328,26 @@ def report_sweep(spec:SweepConfig | str | Path, out_dir=None, name:str | None = 
     if df.empty: raise ValueError(f'{root}: no finished runs (no */metrics.json) to report')
     out = {'table': write_table(df, root), 'figures': {}}
     out_dir = Path(out_dir) if out_dir else figures_dir()
-    rep = spec.report if isinstance(spec, SweepConfig) else {}
-    grid = [k for k in (spec.grid if isinstance(spec, SweepConfig) else facet_keys(df, '')) if k != 'seed']
-    x = rep.get('x') or ('data.english_ratio' if 'data.english_ratio' in grid else (grid or [''])[0])
-    facets = list(rep.get('facets') or facet_keys(df, x))
-    out['x'], out['facets'] = x, facets
+    saved = root/'sweep.yaml'                                          # a runs folder keeps its spec (run_sweep writes it)
+    rs = spec if isinstance(spec, SweepConfig) else SweepConfig.load(saved) if saved.is_file() else None
+    try: rep = report_keys(rs) if rs else report_keys(SweepConfig(), columns=facet_keys(df, ''))
+    except ConfigError as e: raise ConfigError(f'{where if not isinstance(where, SweepConfig) else "sweep " + where.name}: {e}') from None
+    x, facets, series = rep['x'], rep['facets'], rep['series']
+    df = config_columns(df, root, [x, *facets])                       # report keys outside the grid, from the runs' configs
+    out['x'], out['facets'], out['series'] = x, facets, series
     curve = x in df.columns and pd.api.types.is_numeric_dtype(df[x])   # a share or a count on the x axis (not e.g. pixmo.train_langs)
     if curve:                                                          # the paper's aggregation (above), then its figure
-        s, missing = report_summary(df, x, facets, root=root)
+        s, missing = report_summary(df, x, facets, root=root, series=series)
         out['summary'] = atomic_write_text(root/'summary.csv', s.to_csv(index=False))
         out['missing_averages'] = missing
         if len(missing): out['missing'] = atomic_write_text(root/'missing_averages.csv', missing.to_csv(index=False))
         else: (root/'missing_averages.csv').unlink(missing_ok=True)   # a rerun with every task present leaves no stale list
         if facets:
-            fig, drawn = sensitivity_figure(s, facets, x=x)
+            fig, drawn = sensitivity_figure(s, facets, x=x, series=series)
             out['figures']['sensitivity'] = save_fig(fig, name if 'sensitivity' in name else f'{name}_sensitivity', data=drawn, out_dir=out_dir)
             out['sensitivity'] = s
         else:
-            fig, drawn = english_ratio_figure(s, x=x)
+            fig, drawn = english_ratio_figure(s, x=x, series=series)
             out['figures']['english_ratio'] = save_fig(fig, f'{name}' if name.startswith('english_ratio') else f'{name}_english_ratio', data=drawn, out_dir=out_dir)
             out['english_ratio'] = s
     props = proportions(root)

@@ -6,15 +6,16 @@ Docs: https://pangea-nb.github.io/pangea_nb/sweep.html.md"""
 
 # %% ../../nbs/50_sweep.ipynb #7efb5de7
 from __future__ import annotations
-import contextlib, copy, itertools, json, math, os, shlex, signal, subprocess, sys, time
+import contextlib, copy, difflib, itertools, json, math, os, shlex, signal, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from ..config import SweepConfig, RunConfig, ConfigError, config_hash, home_path, project_root
 from ..contracts import atomic_write_json, read_results, run_lock, make_once, RunBusy, _lock_owner
 
 # %% auto #0
-__all__ = ['SCHEDULING_PARAMS', 'LEGACY_KEYS', 'legacy_error', 'run_slug', 'run_identity', 'RunPlan', 'sweep_dir', 'base_config',
-           'expand_grid', 'RunFailed', 'thread_env', 'execute_run']
+__all__ = ['SCHEDULING_PARAMS', 'LEGACY_KEYS', 'REPORT_SERIES', 'legacy_error', 'run_slug', 'run_identity', 'RunPlan',
+           'sweep_dir', 'base_config', 'expand_grid', 'config_fields', 'report_keys', 'RunFailed', 'thread_env',
+           'execute_run']
 
 # %% ../../nbs/50_sweep.ipynb #72266e98
 SCHEDULING_PARAMS = ('SHARED_DIR', 'THREADS', 'PROGRESS')  # papermill parameters beside CONFIG; never part of a run's identity
@@ -101,6 +102,43 @@ def expand_grid(spec:SweepConfig) -> list[RunPlan]:
     if len(set(ids)) != len(ids): raise ConfigError(f'SweepConfig.grid: duplicate runs {sorted({i for i in ids if ids.count(i) > 1})}')
     return plans
 
+# %% ../../nbs/50_sweep.ipynb #05c933a2
+REPORT_SERIES = ('en_mul', 'lang', 'script')   # en + non-English mean | one line per language | en + one per script group
+
+def config_fields(d:dict | None = None, prefix:str = '') -> list[str]:
+    "Every dotted field of a RunConfig (sections' fields, and top-level scalars such as `seed`)."
+    d = RunConfig().to_dict() if d is None else d
+    return [f for k, v in d.items() if k != 'stages'
+            for f in (config_fields(v, f'{prefix}{k}.') if isinstance(v, dict) and not prefix else [f'{prefix}{k}'])]
+
+def _default(dotted:str):
+    node = RunConfig().to_dict()
+    for p in dotted.split('.'): node = node[p]
+    return node
+
+def _report_key(key, grid:list, fields:list, what:str, extra=()) -> str:
+    "`key` if it is a grid key, a config field, a key inside a dict-valued field, or one of `extra`; else a one-line error."
+    head = str(key).rsplit('.', 1)[0]
+    if key in grid or key in fields or key in extra or (head in fields and isinstance(_default(head), dict)): return key
+    near = difflib.get_close_matches(str(key), [*grid, *fields, *extra], n=3)
+    raise ConfigError(f'{what} = {key!r}: neither a grid key {grid} nor a RunConfig field' + (f'; did you mean {near}?' if near else ''))
+
+def report_keys(spec:SweepConfig, columns=None) -> dict:
+    "The spec's report settings with their defaults, checked: {'x', 'facets', 'series'}; `columns`: a runs folder's grid (no spec)."
+    rep, grid = dict(spec.report), list(spec.grid if columns is None else columns)
+    axes = [k for k in grid if k != 'seed']
+    x = rep.get('x') or ('data.english_ratio' if 'data.english_ratio' in axes else (axes or [''])[0])
+    fields = config_fields()
+    if x: _report_key(x, grid, fields, 'report.x', extra=('mixture.share',))
+    facets = rep.get('facets')
+    if facets is not None and not (isinstance(facets, list) and all(isinstance(f, str) for f in facets)):
+        raise ConfigError(f'report.facets = {facets!r}: expected a list of grid keys or dotted fields')
+    facets = [_report_key(f, grid, fields, 'report.facets') for f in facets] if facets is not None else [k for k in axes if k != x]
+    if x in facets: raise ConfigError(f'report.facets = {facets!r}: {x!r} is already the x axis')
+    series = rep.get('series', 'en_mul')
+    if series not in REPORT_SERIES: raise ConfigError(f'report.series = {series!r}: must be one of {list(REPORT_SERIES)}')
+    return {'x': x, 'facets': facets, 'series': series}
+
 # %% ../../nbs/50_sweep.ipynb #91f7f34f
 def _kernel_manager():
     "A kernel manager on local IPC sockets: no TCP port opened per run (and no ipykernel warning about one)."
@@ -134,8 +172,8 @@ def execute_run(plan:RunPlan, template, threads:int | None = None, shared_dir=No
     if not template.exists(): raise FileNotFoundError(f'run template {template} does not exist')
     out = plan.out_dir
     with run_lock(out):
-        plan.config.save(out/'config.yaml')
-        params = {'CONFIG': str(out/'config.yaml'), 'THREADS': int(threads or 0), 'PROGRESS': False}
+        plan.config.save(out/'plan.yaml')      # the grid's description; the template writes the resolved config.yaml
+        params = {'CONFIG': str(out/'plan.yaml'), 'THREADS': int(threads or 0), 'PROGRESS': False}
         if shared_dir is not None: params['SHARED_DIR'] = str(shared_dir)
         atomic_write_json(out/'params.json', {'run_id': plan.run_id, 'point': plan.point, 'params': params})
         with open(out/'log', 'a', encoding='utf-8') as log:

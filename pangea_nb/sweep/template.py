@@ -15,7 +15,8 @@ from ..contracts import make_once, _lock_owner
 # %% auto #0
 __all__ = ['SHARED_RESET', 'WORLD_TASKS', 'H100_BF16_FLOPS', 'GPU_MFU', 'CPU_EFFICIENCY', 'resolve_run', 'stage2_config',
            'world_pools', 'shared_config', 'shared_key', 'shared_stages', 'build_stage2_data', 'mixture_proportions',
-           'mixture_shares', 'train_stage2', 'eval_world', 'evaluate', 'finish_run', 'estimate_run']
+           'mixture_shares', 'stage2_run', 'train_stage2', 'record_stage2', 'eval_world', 'evaluate', 'finish_run',
+           'estimate_run']
 
 # %% ../../nbs/55_run_template.ipynb #0350bbff
 def resolve_run(cfg:RunConfig) -> RunConfig:
@@ -102,14 +103,18 @@ def mixture_shares(mix_dir) -> dict:
                 'token_share': r['sum'] / t if t else 0.0} for l, r in g.iterrows()}
 
 # %% ../../nbs/55_run_template.ipynb #6b3c39cc
+def stage2_run(cfg:RunConfig, pools:list[dict], init_from) -> RunConfig:
+    "The single-stage config stage 2 of `cfg` trains: on `pools`, from the model at `init_from` (None: a fresh model)."
+    # the mixture has applied add_samples / source_quotas (they name its input pools): the materialised pools replace them
+    c = cfg.set('data.add_samples', {}).set('data.source_quotas', {}).set('data.pools', pools)
+    return c.set('train.init_from', str(init_from)) if init_from else c
+
 def train_stage2(cfg:RunConfig, run_dir, pools:list[dict], init_from, gpus:int = 0, progress:bool = False) -> Path:
     "Train stage 2 of `cfg` on `pools` from the model at `init_from`; returns the model folder."
     from pangea_nb.train.stages import run_stage, train_cli
     from pangea_nb.model.build import resolve_model_dir
     out = Path(run_dir)/'stage2'
-    # the mixture has applied add_samples / source_quotas (they name its input pools): the materialised pools replace them
-    c = cfg.replace(output_dir=str(out)).set('data.add_samples', {}).set('data.source_quotas', {}).set('data.pools', pools)
-    if init_from: c = c.set('train.init_from', str(init_from))
+    c = stage2_run(cfg, pools, init_from).replace(output_dir=str(out))
     if gpus and gpus > 1:
         c.save(Path(run_dir)/'stage2.yaml')
         hostfile = os.environ.get('PANGEA_HOSTFILE', '')
@@ -118,6 +123,28 @@ def train_stage2(cfg:RunConfig, run_dir, pools:list[dict], init_from, gpus:int =
         if code: raise RuntimeError(f'stage 2 training exited with status {code} (see {out})')
         return resolve_model_dir(out)
     return run_stage(c, out, progress=progress)
+
+# %% ../../nbs/55_run_template.ipynb #ca797343
+_RESETS = ('data.add_samples', 'data.source_quotas')   # set first: they name the pools that `data.pools` replaces
+
+def _dotted(d:dict, key:str):
+    "The value at dotted `key` of a config dict (into dict-valued fields too)."
+    for k in key.split('.'): d = d[k]
+    return d
+
+def record_stage2(run:RunConfig, stage2:RunConfig, pools:list[dict], init_from) -> RunConfig:
+    "`run` with its last `stages` entry set to what stage 2 trains (`stage2_run`): that entry rebuilds it exactly."
+    trained = stage2_run(stage2, pools, init_from)
+    if not run.stages: return trained.replace(output_dir=run.output_dir, name=run.name)
+    base, t = run.replace(stages=[]).to_dict(), trained.to_dict()
+    diff = {f'{s}.{k}': v for s in t if isinstance(t[s], dict) for k, v in t[s].items() if base[s][k] != v}
+    diff.update({k: t[k] for k in ('seed', 'gpus') if base[k] != t[k]})
+    entry = {**{k: _dotted(t, k) for k in run.stages[-1]}, **diff}   # the entry's own keys first, with the trained values
+    entry = {**{k: entry[k] for k in _RESETS if k in entry}, **entry}
+    out = run.replace(stages=[*run.stages[:-1], entry])
+    got = out.stage_configs()[-1].to_dict()
+    if got != {**t, 'stages': []}: raise RuntimeError(f'record_stage2: the recorded last stage does not rebuild the trained one: {entry}')
+    return out
 
 # %% ../../nbs/55_run_template.ipynb #1c991afe
 def eval_world(cfg:RunConfig, shared_dir, families:dict | None = None) -> Path:

@@ -214,10 +214,12 @@ def qlora_model(cfg:RunConfig):
 
 # %% ../../nbs/32_stages.ipynb #e5575732
 def run_stages(cfg:RunConfig, out=None, progress:bool = True) -> Path:
-    "Run every stage of `cfg` in order (each from the previous one's model); returns the final model folder."
+    "Run the stages of `cfg` in order, each from the previous one's model, from the last one naming its own `init_from`; returns the final model folder."
     out = Path(out or cfg.out_path)
-    prev, done = None, []
-    for k, sc in enumerate(cfg.stage_configs()):
+    scs, prev, done = cfg.stage_configs(), None, []
+    first = max((k for k, sc in enumerate(scs) if sc.train.init_from), default=0)   # the stages before it feed nothing
+    for k, sc in enumerate(scs):
+        if k < first: continue
         if prev is not None and not sc.train.init_from: sc = sc.set('train.init_from', str(prev))
         d = out/f'stage{k}' if cfg.stages else out
         prev = run_stage(sc.replace(output_dir=str(d)), d, progress)
