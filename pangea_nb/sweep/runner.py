@@ -89,6 +89,9 @@ def base_config(spec:SweepConfig) -> RunConfig:
 def expand_grid(spec:SweepConfig) -> list[RunPlan]:
     "Every grid point of `spec` as a validated `RunPlan` (the cartesian product, in grid order)."
     keys, base, root = list(spec.grid), base_config(spec), sweep_dir(spec)
+    last = base.stages[-1] if base.stages else {}   # the swept stage's own overrides would win over every grid value
+    for k in keys:
+        if k in last: raise ConfigError(f'{k}: set by the grid and by the last stages entry ({k}: {last[k]!r}), which would override every grid value; drop it from stages[-1]')
     plans = []
     for i, values in enumerate(itertools.product(*(spec.grid[k] for k in keys))):
         point, cfg = dict(zip(keys, values)), base
