@@ -23,18 +23,19 @@ def _ax(ax, figsize=(6, 4)):
     return ax
 
 # %% ../nbs/53_figures.ipynb #3aa1ed22
-def plot_english_ratio(df:pd.DataFrame, ax=None, title:str | None = None, ylabel:str = 'score (%)'):
-    "English and multilingual averages against the English share of the training data, with CI bands."
+def plot_english_ratio(df:pd.DataFrame, ax=None, title:str | None = None, ylabel:str = 'score (%)', percent:bool = True):
+    "English and multilingual averages against the English share of the training data (or any x: `percent=False` draws it as is), with CI bands."
     ax = _ax(ax)
+    scale = 100 if percent else 1
     for grp, g in df.sort_values('english_ratio').groupby('lang'):
-        x = 100 * g.english_ratio.to_numpy(float)
+        x = scale * g.english_ratio.to_numpy(float)
         line, = ax.plot(x, g['mean'], marker='o', color=GROUP_COLOURS.get(grp),
                         label={'en': 'English', 'mul': 'multilingual (non-English mean)'}.get(grp, grp))
         c = line.get_color()                         # a language or script group without a fixed colour: its band follows its line
         if {'lo', 'hi'} <= set(g.columns):           # a rate's interval is drawn inside 0-100 (the CSV keeps it as computed)
             ax.fill_between(x, g.lo.clip(0, 100), g.hi.clip(0, 100), color=c, alpha=0.15, label='_ci')
     ax.set_xlabel('English share of training samples (%)'); ax.set_ylabel(ylabel)
-    ax.set_xticks(sorted(set(100 * df.english_ratio.round(4))))
+    ax.set_xticks(sorted(set(scale * df.english_ratio.round(4))))
     if title: ax.set_title(title)
     ax.legend(loc='best')
     return ax

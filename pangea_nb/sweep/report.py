@@ -158,8 +158,9 @@ def axis_label(x:str) -> str:
 
 def _plot_curve(s:pd.DataFrame, x:str, ax, **kw):
     "The en/mul curve of the summary `s` against the column `x`, the axis labelled with the dotted name."
-    plot_english_ratio(s.rename(columns={x: 'english_ratio'}), ax=ax, **kw)
-    ax.set_xlabel(f'{axis_label(x)} (%)')
+    share = bool(pd.to_numeric(s[x], errors='coerce').between(0, 1).all())   # a share or rate is drawn in %; a count (samples, OCR records) as is
+    plot_english_ratio(s.rename(columns={x: 'english_ratio'}), ax=ax, percent=share, **kw)
+    ax.set_xlabel(f'{axis_label(x)} (%)' if share else axis_label(x))
 
 def proportions(root) -> pd.DataFrame:
     "Per run and language, the share of training samples its mixture gave that language."
