@@ -240,7 +240,8 @@ def estimate_run(run:RunConfig) -> dict:
     from pangea_nb.model.build import model_info
     cfg = stage2_config(run)
     gpus = max(1, run.gpus)
-    info = model_info(cfg.model, n_gpus=gpus, stage=2)
+    precision = cfg.train.precision if cfg.train.precision != 'auto' else ('bf16' if run.gpus > 0 else 'fp32')   # what the run will use
+    info = model_info(cfg.model, n_gpus=gpus, stage=2, precision=precision, zero_stage=cfg.train.zero_stage)
     n_params = info['params']['total']
     seq = info['n_image_tokens'] + (24 if not cfg.data.pools else min(cfg.train.max_length, 1024))   # synthetic QA: ~24 text tokens
     steps = cfg.train.max_steps
