@@ -333,10 +333,11 @@ def model_info_cli(name:str,                 # a ModelConfig preset (tiny, small
     print(f"{name}: {cfg.arch}, {p['total']:,} parameters (vision {p['vision']:,}, projector {p['projector']:,}, lm {p['lm']:,}); "
           f"{info['n_image_tokens']} tokens per image tile; sizes from {info['sizes_from']}")
     print(f"memory accounting: {info['accounting']} (precision {info['precision']!r} from {src})")
-    print(f"stage {stage}: {info['trainable']:,} trainable; model states per GPU with {n_gpus} GPUs"
+    unit = 'process' if info['precision'] == 'fp32' else 'GPU'     # the fp32 accounting is for CPU processes
+    print(f"stage {stage}: {info['trainable']:,} trainable; model states per {unit} with {n_gpus} {unit}{'es' if unit == 'process' else 's'}"
           f"{' (optimizer offloaded at ZeRO 2-3)' if offload else ''}, activations not included:")
     for z, m in info['zero_memory'].items():
-        print(f"  ZeRO-{z}: {_size(m['gpu_bytes']):>10} per GPU" + (f", {_size(m['cpu_bytes'])} CPU" if m['cpu_bytes'] else ''))
+        print(f"  ZeRO-{z}: {_size(m['gpu_bytes']):>10} per {unit}" + (f", {_size(m['cpu_bytes'])} CPU" if m['cpu_bytes'] else ''))
     if tokens:
         tm = info['train_memory']
         chk = ('checked against real CPU steps in bench/train_memory.py' if info['precision'] == 'fp32'
