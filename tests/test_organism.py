@@ -93,16 +93,20 @@ def test_native_test_questions_never_pass_through_the_translator(tmp_path, monke
 
 def test_probe_report_on_a_smoke_rehearsal(tmp_path, capsys):
     spec = ROOT/'sweeps'/'organism_transfer_probe.yaml'
-    code = pangea_main(['sweep', str(spec), '--rehearse', '--points', '2', '--quiet'])
+    code = pangea_main(['sweep', str(spec), '--rehearse', '--points', '2', '--quiet'])   # test_rehearse reuses these runs
     assert code == 0, capsys.readouterr().err[-3000:]
     src = SweepConfig.load(spec)
     root = rehearsal_root(src)
     res = probe_report(src.replace(out_dir=str(root)), out_dir=tmp_path)
     t = res['table']
+    # --points 2 keeps the grid's first and last points: no signal (seed 0) and both shares 0.25 (seed 2)
     assert set(t['pretrain.code_switch_share']) == {0.0, 0.25} and set(t.metric) == {'exact_match', 'loglik_accuracy'}
-    assert {'sw', 'zh', 'ar', 'mul', 'en'} <= set(t.lang) and (t.n_runs == 1).all()
+    assert set(t.lang) == {'sw', 'zh', 'ar', 'mul', 'en'} and (t.n_runs == 1).all()
     base = t[(t['pretrain.code_switch_share'] == 0)]
     assert (base.delta == 0).all()                                      # the no-signal cell against itself
+    assert t[t['pretrain.code_switch_share'] > 0].delta.isna().all()    # no seed of the no-signal cell to pair with
+    run = t[(t.metric == 'loglik_accuracy') & (t['pretrain.code_switch_share'] == 0)].set_index('lang')['mean']
+    assert run['mul'] == pytest.approx(run[['sw', 'zh', 'ar']].mean())
     ll = t[t.metric == 'loglik_accuracy']
     assert ll.chance.between(0, 100, inclusive='neither').all()
     csv = (tmp_path/'organism_transfer_probe.csv').read_text()

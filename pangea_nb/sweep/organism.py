@@ -24,7 +24,7 @@ PROBE_METRICS = ['exact_match', 'loglik_accuracy']                        # both
 
 def with_mul(df:pd.DataFrame) -> pd.DataFrame:
     "Rows of the synthetic task's two metrics, plus per run the unweighted mean over non-English languages as lang 'mul'."
-    p = df[(df.task == 'synthetic') & df.metric.isin(PROBE_METRICS) & (df.lang != 'all')]
+    p = df[(df.task == 'synthetic') & df.metric.isin(PROBE_METRICS) & ~df.lang.isin(['all', 'mul'])]   # a run's own aggregates are recomputed here
     keys = ['run_dir', 'seed', *PROBE_KEYS, 'metric']
     mul = p[p.lang != 'en'].groupby(keys, as_index=False).value.mean().assign(lang='mul')
     return pd.concat([p[[*keys, 'lang', 'value']], mul], ignore_index=True)
