@@ -100,7 +100,7 @@ def probe_report(spec:SweepConfig | str | Path, out_dir=None, name:str = 'organi
     fig = save_fig(probe_figure(t), name, data=t, out_dir=Path(out_dir) if out_dir else figures_dir())
     return {'table': t, 'figure': fig}
 
-def probe_report_cmd(spec:str = 'sweeps/organism_transfer_probe.yaml',  # the probe's sweep spec
+def probe_report_cmd(spec:str,                                          # the probe's sweep spec (sweeps/organism_transfer_probe.yaml)
                      out:str = None):                                    # figures folder (default: the project's figures/)
     "The transfer probe's table and figure (zero-shot scores with vs without the stage-0 cross-lingual signal)."
     res = probe_report(spec, out)
