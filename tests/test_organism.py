@@ -5,6 +5,7 @@ import hashlib, json, re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pangea_nb.cli import main as pangea_main
 from pangea_nb.config import ConfigError, RunConfig, SweepConfig
@@ -92,12 +93,17 @@ def test_native_test_questions_never_pass_through_the_translator(tmp_path, monke
 
 
 def test_probe_report_on_a_smoke_rehearsal(tmp_path, capsys):
-    spec = ROOT/'sweeps'/'organism_transfer_probe.yaml'
-    code = pangea_main(['sweep', str(spec), '--rehearse', '--points', '2', '--quiet'])   # test_rehearse reuses these runs
+    # the spec as committed, with its runs under tmp_path (test_rehearse's dry run checks that the default folder stays empty)
+    d = yaml.safe_load((ROOT/'sweeps'/'organism_transfer_probe.yaml').read_text())
+    d.update(out_dir=str(tmp_path/'runs'/'organism_transfer_probe'), template=str(ROOT/d['template']))
+    spec = tmp_path/'probe.yaml'
+    spec.write_text(yaml.safe_dump(d))
+    code = pangea_main(['sweep', str(spec), '--rehearse', '--points', '2', '--quiet'])
     assert code == 0, capsys.readouterr().err[-3000:]
     src = SweepConfig.load(spec)
     root = rehearsal_root(src)
-    res = probe_report(src.replace(out_dir=str(root)), out_dir=tmp_path)
+    assert root.parent == tmp_path/'runs'
+    res = probe_report(src.replace(out_dir=str(root)), out_dir=tmp_path/'figures')
     t = res['table']
     # --points 2 keeps the grid's first and last points: no signal (seed 0) and both shares 0.25 (seed 2)
     assert set(t['pretrain.code_switch_share']) == {0.0, 0.25} and set(t.metric) == {'exact_match', 'loglik_accuracy'}
@@ -109,5 +115,5 @@ def test_probe_report_on_a_smoke_rehearsal(tmp_path, capsys):
     assert run['mul'] == pytest.approx(run[['sw', 'zh', 'ar']].mean())
     ll = t[t.metric == 'loglik_accuracy']
     assert ll.chance.between(0, 100, inclusive='neither').all()
-    csv = (tmp_path/'organism_transfer_probe.csv').read_text()
-    assert 'n_runs' in csv.splitlines()[0] and (tmp_path/'organism_transfer_probe.png').stat().st_size > 0
+    csv = (tmp_path/'figures'/'organism_transfer_probe.csv').read_text()
+    assert 'n_runs' in csv.splitlines()[0] and (tmp_path/'figures'/'organism_transfer_probe.png').stat().st_size > 0
