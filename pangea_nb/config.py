@@ -507,8 +507,15 @@ EvalConfig.PRESETS = {
 class PretrainConfig(BaseConfig):
     "Stage 0 (text-only pretraining of a from-scratch LM)."
     english_ratio: float = 0.5           # English share of the stage-0 documents (per document, from a hash: approximate)
+    # the cross-lingual signal real multilingual corpora carry (nbs/32_stages): exact shares of the documents, by count;
+    # 0 and 0 (the default) leave the corpus byte for byte what it was before these fields existed
+    parallel_share: float = 0.0          # documents of parallel sentence pairs: one concept sentence in two languages
+    code_switch_share: float = 0.0       # documents of code-switched lines: one language's sentence, some words in another
 
-    def validate(self): self.check('english_ratio', 0.0 <= self.english_ratio <= 1.0, 'must be in [0, 1]')
+    def validate(self):
+        for f in ('english_ratio', 'parallel_share', 'code_switch_share'): self.check(f, 0.0 <= getattr(self, f) <= 1.0, 'must be in [0, 1]')
+        self.check('code_switch_share', self.parallel_share + self.code_switch_share <= 1.0,
+                   f'parallel_share + code_switch_share must be <= 1 (got {self.parallel_share} + {self.code_switch_share})')
 
 @dataclass
 class PixmoConfig(BaseConfig):

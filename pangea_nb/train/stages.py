@@ -19,10 +19,10 @@ from ..data.index import PoolSamples, open_pool, train_pool_spec
 from .loop import Trainer, plot_loss
 
 # %% auto #0
-__all__ = ['STAGE_FAMILIES', 'PROOF_LANGS', 'world_config', 'exact_english', 'synth_samples', 'SynthImages', 'stage0_samples',
-           'PoolImages', 'stage_data', 'PoolImageFiles', 'read_pool_samples', 'write_data_rejects', 'prepare_model',
-           'run_stage', 'save_backbone', 'qlora_model', 'run_stages', 'generate_answers', 'answer_baselines',
-           'synth_scores', 'proof_config', 'train_cli', 'proof_cli']
+__all__ = ['STAGE_FAMILIES', 'PROOF_LANGS', 'world_config', 'exact_english', 'synth_samples', 'SynthImages', 'crosslingual_kinds',
+           'code_switch_line', 'stage0_samples', 'PoolImages', 'stage_data', 'PoolImageFiles', 'read_pool_samples',
+           'write_data_rejects', 'prepare_model', 'run_stage', 'save_backbone', 'qlora_model', 'run_stages',
+           'generate_answers', 'answer_baselines', 'synth_scores', 'proof_config', 'train_cli', 'proof_cli']
 
 # %% ../../nbs/32_stages.ipynb #9c384229
 STAGE_FAMILIES = {1: {'caption': 1}}        # stage 1 = alignment on captions; stage 2 = data.synth_families or the world's mix
@@ -68,23 +68,54 @@ class SynthImages:
         return sample_image(s)
 
 # %% ../../nbs/32_stages.ipynb #2fa4ec80
+def crosslingual_kinds(n_docs:int, parallel:float, code_switch:float, key:str) -> dict[int, str]:
+    "{document index: 'parallel' | 'code_switch'} for exactly round(share·n_docs) documents each, chosen by hash."
+    order = sorted(range(n_docs), key=lambda k: hashlib.sha1(f'{key}/{k}'.encode()).hexdigest())
+    n_par, n_cs = round(parallel * n_docs), round(code_switch * n_docs)
+    return {**{k: 'parallel' for k in order[:n_par]}, **{k: 'code_switch' for k in order[n_par:n_par + n_cs]}}
+
+def _text_line(s:Sample) -> str: return ' '.join(t.text.replace(IMAGE_TOKEN, '').strip() for t in s.turns)
+
+def code_switch_line(spec:dict, lang:str, partner:str, key:str, p:float = 0.5) -> str:
+    "`spec`'s sentence in `lang` with each vocabulary word swapped for `partner`'s word with probability `p`."
+    from pangea_nb.data.synth import spec_segments, render_spec
+    from pangea_nb.data.templates import load_pack, citation_form, VOCAB
+    pk = load_pack(partner)
+    q, a, _, _ = spec_segments(spec, lang)
+    def swap(segs, turn):
+        u = lambda j: int(hashlib.sha1(f'{key}/{turn}/{j}'.encode()).hexdigest()[:8], 16) / 2**32
+        return [(citation_form(pk.word(sl['cat'], sl['id'])), {**sl, 'switched': partner})
+                if sl and sl.get('cat') in VOCAB and u(j) < p else (t, sl) for j, (t, sl) in enumerate(segs)]
+    return _text_line(render_spec(spec, lang, segments=(swap(q, 'q'), swap(a, 'a'))))
+
+
+# %% ../../nbs/32_stages.ipynb #0ec03fd5
 def stage0_samples(cfg:RunConfig, n_docs:int | None = None, lines_per_doc:int = 8, split:str = 'train') -> list[Sample]:
-    "Text-only documents from the world's text, English share `pretrain.english_ratio` (per document, approximate)."
+    "Text-only documents from the world's text: English share `pretrain.english_ratio` (per document, approximate), parallel and code-switched shares exact."
     from pangea_nb.data.synth import draw_spec, render_spec
-    wc = world_config(cfg.set('train.stage', 2))
-    langs, ratio = wc.lang_list, cfg.pretrain.english_ratio
+    wc, pt = world_config(cfg.set('train.stage', 2)), cfg.pretrain
+    langs, ratio = wc.lang_list, pt.english_ratio
     n_docs = n_docs or cfg.data.n_samples
+    kinds = crosslingual_kinds(n_docs, pt.parallel_share, pt.code_switch_share, f'{wc.seed}/stage0-xling/{split}')
+    others = [l for l in langs if l != 'en']
+    if kinds and (len(langs) < 2 or 'en' not in langs):
+        raise ConfigError(f'pretrain.parallel_share / code_switch_share need English and another language in the world; it has {langs}')
     out, i = [], 0
     for k in range(n_docs):
         lang, lines = _lang_for(k, ratio, langs, f'{wc.seed}/stage0/{split}', langs[k % len(langs)]), []
+        kind = kinds.get(k, 'mono')
+        partner = others[k % len(others)] if lang == 'en' and others else 'en'
         while len(lines) < lines_per_doc:
             spec = draw_spec(wc, split, i); i += 1
             if spec['family'] == 'ocr': continue
-            s = render_spec(spec, lang)
-            lines.append(' '.join(t.text.replace(IMAGE_TOKEN, '').strip() for t in s.turns))
-        out.append(Sample(f'stage0-{split}-{k:06d}', [Turn('assistant', '\n'.join(lines))], language=lang, source='synth-text',
-                          task='text', split=split))
+            if kind == 'parallel': lines += [_text_line(render_spec(spec, lang)), _text_line(render_spec(spec, partner))]
+            elif kind == 'code_switch': lines.append(code_switch_line(spec, lang, partner, f'{wc.seed}/cs/{split}/{k}/{len(lines)}'))
+            else: lines.append(_text_line(render_spec(spec, lang)))
+        meta = {} if kind == 'mono' else {'kind': kind, 'partner': partner}
+        out.append(Sample(f'stage0-{split}-{k:06d}', [Turn('assistant', '\n'.join(lines[:lines_per_doc]))], language=lang, source='synth-text',
+                          task='text', split=split, meta=meta))
     return out
+
 
 # %% ../../nbs/32_stages.ipynb #d89e1db7
 class PoolImages:
