@@ -89,9 +89,6 @@ def base_config(spec:SweepConfig) -> RunConfig:
 def expand_grid(spec:SweepConfig) -> list[RunPlan]:
     "Every grid point of `spec` as a validated `RunPlan` (the cartesian product, in grid order)."
     keys, base, root = list(spec.grid), base_config(spec), sweep_dir(spec)
-    last = base.stages[-1] if base.stages else {}   # the swept stage's own overrides would win over every grid value
-    for k in keys:
-        if k in last: raise ConfigError(f'{k}: set by the grid and by the last stages entry ({k}: {last[k]!r}), which would override every grid value; drop it from stages[-1]')
     plans = []
     for i, values in enumerate(itertools.product(*(spec.grid[k] for k in keys))):
         point, cfg = dict(zip(keys, values)), base
@@ -101,6 +98,9 @@ def expand_grid(spec:SweepConfig) -> list[RunPlan]:
             except ConfigError as e: raise ConfigError(f'{k} = {v!r}: {e}') from None
         rid = f'{run_slug(point)}-{run_identity(cfg)}'
         plans.append(RunPlan(i, point, cfg.replace(name=rid, output_dir=str(root/rid)), rid, root/rid))
+    last = base.stages[-1] if base.stages else {}   # after the values are checked: the swept stage's own overrides would win over every grid value
+    for k in keys:
+        if k in last: raise ConfigError(f'{k}: set by the grid and by the last stages entry ({k}: {last[k]!r}), which would override every grid value; drop it from stages[-1]')
     ids = [p.run_id for p in plans]
     if len(set(ids)) != len(ids): raise ConfigError(f'SweepConfig.grid: duplicate runs {sorted({i for i in ids if ids.count(i) > 1})}')
     return plans
