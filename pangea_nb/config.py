@@ -463,6 +463,7 @@ class SweepConfig(BaseConfig):
     base: dict = field(default_factory=dict)     # a RunConfig as a dict: what all runs share
     grid: dict = field(default_factory=dict)     # {'data.english_ratio': [0, 0.2, ...], 'seed': [0, 1, 2]}
     out_dir: str | None = None                   # None = $PANGEA_HOME/runs/<name>
+    shared_dir: str | None = None                # None = <out_dir>/shared; a name: a folder beside out_dir that other sweeps naming it share
     jobs: int = 1                                # local workers
     threads_per_run: int | None = None           # None = cores // jobs
     slurm: dict = field(default_factory=dict)    # partition, gpus_per_task, time, ... for --slurm
@@ -473,6 +474,9 @@ class SweepConfig(BaseConfig):
         self.check('report', set(self.report) <= {'x', 'facets', 'series'}, 'keys must be among x, facets, series')
         self.check('name', bool(self.name) and all(c.isalnum() or c in '-_.' for c in self.name), 'must be a non-empty slug')
         self.check('jobs', self.jobs > 0, 'must be > 0')
+        if self.shared_dir is not None:
+            self.check('shared_dir', bool(self.shared_dir) and all(c.isalnum() or c in '-_.' for c in self.shared_dir) and self.shared_dir.strip('.'),
+                       'must be a folder name (letters, digits, - _ .), not a path: it lives beside the sweep\'s folder')
         for k, v in self.grid.items():
             if not (isinstance(v, list) and v): self.fail('grid', f'{k!r} must map to a non-empty list, got {v!r}')
         if self.threads_per_run is not None: self.check('threads_per_run', self.threads_per_run > 0, 'must be > 0')

@@ -10,7 +10,6 @@ import difflib, functools, unicodedata, warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-import yaml
 from .config import load_yaml
 
 # %% auto #0

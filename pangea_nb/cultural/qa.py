@@ -10,7 +10,6 @@ import functools, random, re, string, unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-import yaml
 from ..data.schema import IMAGE_TOKEN, Sample, Turn
 from .wikidata import Claim, Entity, cultural_assets, load_properties, load_regions, property_ids, region_of
 from ..config import load_yaml

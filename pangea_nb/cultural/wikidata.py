@@ -11,7 +11,6 @@ from collections import Counter
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 from typing import Iterator
-import yaml
 from ..data.schema import RecordError
 from ..config import load_yaml
 

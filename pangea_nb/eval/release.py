@@ -10,8 +10,6 @@ import base64, csv, fnmatch, hashlib, io, json, re, sys
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
 from ..config import home_path
 from ..languages import normalise_lang, base_lang, UnknownLanguageError
 from ..config import load_yaml

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-import yaml
 from ..contracts import ResultRow, read_jsonl, atomic_write_text
 from .tasks import Task, EvalItem, get_task, select_items, resolve_images, LETTERS
 from .stats import lang_intervals, paired_lang_intervals

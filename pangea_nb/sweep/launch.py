@@ -10,7 +10,7 @@ import concurrent.futures as cf, json, os, shutil, subprocess, sys, threading, t
 from pathlib import Path
 from ..config import SweepConfig, ConfigError, project_root
 from ..contracts import atomic_write_json, atomic_write_text
-from .runner import RunPlan, RunFailed, expand_grid, execute_run, sweep_dir, thread_env, report_keys
+from .runner import RunPlan, RunFailed, expand_grid, execute_run, sweep_dir, shared_root, thread_env, report_keys
 
 # %% auto #0
 __all__ = ['SLURM_KEYS', 'last_step', 'run_progress', 'write_progress', 'default_threads', 'run_sweep', 'measured_seconds',
@@ -65,7 +65,7 @@ def run_sweep(spec:SweepConfig, template=None, jobs:int | None = None, only:list
     bar = tqdm(total=len(plans), initial=len(res['skipped']), desc=f'sweep {spec.name}', unit='run', disable=not progress)
     def work(p):
         with lock: active[p.run_id] = p
-        try: return execute_run(p, template, threads=threads, shared_dir=root/'shared', progress=progress and jobs == 1)
+        try: return execute_run(p, template, threads=threads, shared_dir=shared_root(spec), progress=progress and jobs == 1)
         finally:
             with lock: active.pop(p.run_id, None)
     with cf.ThreadPoolExecutor(max_workers=jobs) as ex:

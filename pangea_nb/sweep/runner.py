@@ -14,8 +14,8 @@ from ..contracts import atomic_write_json, read_results, run_lock, make_once, Ru
 
 # %% auto #0
 __all__ = ['SCHEDULING_PARAMS', 'LEGACY_KEYS', 'REPORT_SERIES', 'legacy_error', 'run_slug', 'run_identity', 'RunPlan',
-           'sweep_dir', 'base_config', 'expand_grid', 'config_fields', 'report_keys', 'RunFailed', 'thread_env',
-           'execute_run']
+           'sweep_dir', 'shared_root', 'base_config', 'expand_grid', 'config_fields', 'report_keys', 'RunFailed',
+           'thread_env', 'execute_run']
 
 # %% ../../nbs/50_sweep.ipynb #72266e98
 SCHEDULING_PARAMS = ('SHARED_DIR', 'THREADS', 'PROGRESS')  # papermill parameters beside CONFIG; never part of a run's identity
@@ -69,6 +69,10 @@ class RunPlan:
 def sweep_dir(spec:SweepConfig) -> Path:
     "Where a sweep's runs live: `spec.out_dir` or `$PANGEA_HOME/runs/<name>`."
     return Path(spec.out_dir) if spec.out_dir else home_path('runs', spec.name, mkdir=False)
+
+def shared_root(spec:SweepConfig) -> Path:
+    "Where a sweep's shared stage-0/1 models and test worlds live: `<sweep dir>/shared`, or the folder `spec.shared_dir` beside it."
+    return sweep_dir(spec).parent/spec.shared_dir if spec.shared_dir else sweep_dir(spec)/'shared'
 
 # %% ../../nbs/50_sweep.ipynb #e2179f92
 def base_config(spec:SweepConfig) -> RunConfig:
