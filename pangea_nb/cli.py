@@ -37,6 +37,7 @@ COMMANDS = {  # 'group sub' -> ('module:function', one-line help)
     'sweep':         ('pangea_nb.sweep.launch:sweep_cmd', 'Run a sweep of the run template (resumable; --jobs, --dry-run, --slurm)'),
     'sweep report':  ('pangea_nb.sweep.report:sweep_report_cmd', "Gather a sweep's runs into tables and figures"),
     'sweep probe':   ('pangea_nb.sweep.organism:probe_report_cmd', 'The transfer probe of the organism (nbs/57): zero-shot scores with vs without the stage-0 cross-lingual signal (table + figure)'),
+    'sweep gain':    ('pangea_nb.sweep.organism:gain_report_cmd', 'The organism sensitivity grid (nbs/57): seed-paired gain of English share HI over LO per mechanism cell (table + figure)'),
     'data translate': ('pangea_nb.curation.translate:translate_cli', 'Translate instructions with placeholder protection, QC and fix-or-drop (resumable; --backend, --to)'),
     'data curate':   ('pangea_nb.curation.curate:curate_cli', 'Curate cultural image-text data: filters, dedup, LLM scores, country rule, recaptions and QA (resumable)'),
     'serve':         ('pangea_nb.backends.serve:serve_cmd', 'Serve a local model as OpenAI-compatible chat completions on 127.0.0.1 (text and images)'),

@@ -117,3 +117,9 @@ def test_probe_report_on_a_smoke_rehearsal(tmp_path, capsys):
     assert ll.chance.between(0, 100, inclusive='neither').all()
     csv = (tmp_path/'figures'/'organism_transfer_probe.csv').read_text()
     assert 'n_runs' in csv.splitlines()[0] and (tmp_path/'figures'/'organism_transfer_probe.png').stat().st_size > 0
+    # the sensitivity gain table refuses a sweep without its mechanism grid, in one line (here: the probe's rehearsal)
+    capsys.readouterr()
+    (tmp_path/'rehearsed.yaml').write_text(yaml.safe_dump(src.replace(out_dir=str(root)).to_dict()))
+    assert pangea_main(['sweep', 'gain', str(tmp_path/'rehearsed.yaml'), '--out', str(tmp_path/'figures')]) == 1
+    err = capsys.readouterr().err
+    assert "needs grid keys ['data.translation_error', 'data.english_ratio']" in err and 'Traceback' not in err

@@ -15,17 +15,18 @@ from .results import gather, summarise, mean_ci, write_table
 from .runner import sweep_dir
 
 # %% auto #0
-__all__ = ['PROBE_KEYS', 'PROBE_METRICS', 'LANG_ORDER', 'with_mul', 'loglik_chance', 'probe_table', 'cell_label', 'probe_figure',
-           'probe_report', 'probe_report_cmd']
+__all__ = ['PROBE_KEYS', 'PROBE_METRICS', 'LANG_ORDER', 'MECHANISM_KEYS', 'with_mul', 'loglik_chance', 'probe_table',
+           'cell_label', 'probe_figure', 'probe_report', 'probe_report_cmd', 'gain_table', 'gain_figure', 'gain_report',
+           'gain_report_cmd']
 
 # %% ../../nbs/57_organism.ipynb #028fe49e
 PROBE_KEYS = ['pretrain.parallel_share', 'pretrain.code_switch_share']   # the probe's 2x2 design
 PROBE_METRICS = ['exact_match', 'loglik_accuracy']                        # both ways of scoring (nbs/54_report)
 
-def with_mul(df:pd.DataFrame) -> pd.DataFrame:
-    "Rows of the synthetic task's two metrics, plus per run the unweighted mean over non-English languages as lang 'mul'."
+def with_mul(df:pd.DataFrame, design:list = PROBE_KEYS) -> pd.DataFrame:
+    "Rows of the synthetic task's two metrics, plus per run the unweighted mean over non-English languages as lang 'mul'; `design`: the grid keys kept."
     p = df[(df.task == 'synthetic') & df.metric.isin(PROBE_METRICS) & ~df.lang.isin(['all', 'mul'])]   # a run's own aggregates are recomputed here
-    keys = ['run_dir', 'seed', *PROBE_KEYS, 'metric']
+    keys = ['run_dir', 'seed', *design, 'metric']
     mul = p[p.lang != 'en'].groupby(keys, as_index=False).value.mean().assign(lang='mul')
     return pd.concat([p[[*keys, 'lang', 'value']], mul], ignore_index=True)
 
@@ -107,5 +108,72 @@ def probe_report_cmd(spec:str,                                          # the pr
     t = res['table'].assign(cell=lambda d: d.apply(cell_label, axis=1))
     cols = ['cell', 'metric', 'lang', 'mean', 'lo', 'hi', 'n_runs', 'delta', 'delta_lo', 'delta_hi', 'chance']
     print(t[[c for c in cols if c in t]].round(1).to_string(index=False))
+    print(f"figure: {res['figure']['png']}")
+    return 0
+
+# %% ../../nbs/57_organism.ipynb #b7d2e9f3
+MECHANISM_KEYS = [*PROBE_KEYS, 'data.translation_error']   # the sensitivity grid's mechanism cells
+
+def gain_table(df:pd.DataFrame, design:list = MECHANISM_KEYS, x:str = 'data.english_ratio', lo:float = 0.0, hi:float = 0.4,
+               langs=('mul', 'en')) -> pd.DataFrame:
+    "Per `design` cell, metric and language: each share's mean over seeds and the seed-paired gain of share `hi` over `lo` with its t-interval."
+    p = with_mul(df, design=[*design, x])
+    p = p[p.lang.isin(langs)]
+    have = sorted(p[x].unique())
+    for v in (lo, hi):
+        if not np.isclose(have, v).any(): raise ValueError(f'no runs at {x} = {v} (the runs have {have})')
+    keys = [*design, 'metric', 'lang']
+    at = lambda v: p[np.isclose(p[x], v)][[*keys, 'seed', 'value']]
+    d = at(lo).merge(at(hi), on=[*keys, 'seed'], suffixes=('_lo', '_hi')).assign(gain=lambda t: t.value_hi - t.value_lo)
+    g = summarise(d, keys, value='gain').drop(columns='std').rename(columns={'mean': 'gain', 'lo': 'gain_lo', 'hi': 'gain_hi'})
+    levels = summarise(p, [*keys, x]).pivot_table(index=keys, columns=x, values='mean')
+    levels.columns = [f'mean_at_{c:g}' for c in levels.columns]
+    t = g.merge(levels.reset_index(), on=keys, how='left')
+    t['gain_above_noise'] = (t.n_runs > 1) & (t.gain_lo > 0)     # one seed has no interval: never "above noise"
+    return t
+
+def gain_figure(t:pd.DataFrame, lo:float = 0.0, hi:float = 0.4):
+    "The multilingual gain of English share `hi` over `lo` per signal cell (x) and translation error (bars), 95% t-intervals."
+    fig, axes = new_figure(1, 2, figsize=(12, 4.2))
+    t = t[t.lang == 'mul'].assign(cell=lambda d: d.apply(cell_label, axis=1))
+    cells = list(dict.fromkeys(t.sort_values(PROBE_KEYS).cell))
+    errs = sorted(t['data.translation_error'].unique())
+    w = 0.8 / len(errs)
+    for ax, m in zip(np.atleast_1d(axes), PROBE_METRICS):
+        d = t[t.metric == m]
+        for j, e in enumerate(errs):
+            g = d[d['data.translation_error'] == e].set_index('cell').reindex(cells)
+            xs = np.arange(len(cells)) + (j - (len(errs) - 1) / 2) * w
+            ax.bar(xs, g.gain, w, yerr=[g.gain - g.gain_lo, g.gain_hi - g.gain], capsize=3, label=f'translation error {e:.0%}')
+        ax.axhline(0, c='k', lw=0.8)
+        ax.set_xticks(np.arange(len(cells)), [l.replace(' + ', '\n+ ') for l in cells], fontsize=8)
+        ax.set_ylabel('gain (points)')
+        n = int(d.n_runs.max()) if len(d) else 0
+        ax.set_title(f"{'exact match' if m == 'exact_match' else 'likelihood accuracy'}: mul at {hi:.0%} minus {lo:.0%} English ({n} seeds)")
+    np.atleast_1d(axes)[0].legend(fontsize=8)
+    fig.suptitle('organism sensitivity: what English data is worth to sw / zh / ar, per mechanism')
+    return fig
+
+def gain_report(spec:SweepConfig | str | Path, out_dir=None, name:str = 'organism_sensitivity_gain', lo:float = 0.0, hi:float = 0.4) -> dict:
+    "Gather the sensitivity sweep's runs; write figures/organism_sensitivity_gain.{png,pdf,csv} (the gain table, with n_runs)."
+    if not isinstance(spec, SweepConfig): spec = SweepConfig.load(spec)
+    root = sweep_dir(spec)
+    df = gather(root)
+    if df.empty: raise ValueError(f'{root}: no finished runs (no */metrics.json) to report')
+    missing = [k for k in [*MECHANISM_KEYS, 'data.english_ratio', 'seed'] if k not in df.columns]
+    if missing: raise ValueError(f'{spec.name}: the gain table needs grid keys {missing} (see sweeps/organism_sensitivity.yaml)')
+    t = gain_table(df, lo=lo, hi=hi)
+    fig = save_fig(gain_figure(t, lo, hi), name, data=t, out_dir=Path(out_dir) if out_dir else figures_dir())
+    return {'table': t, 'figure': fig}
+
+def gain_report_cmd(spec:str,              # the sensitivity sweep's spec (sweeps/organism_sensitivity.yaml)
+                    out:str = None,         # figures folder (default: the project's figures/)
+                    lo:float = 0.0,         # English share the gain is measured from
+                    hi:float = 0.4):        # English share the gain is measured to
+    "The organism's sensitivity grid as one number per mechanism cell: the seed-paired gain of English share HI over LO."
+    res = gain_report(spec, out, lo=lo, hi=hi)
+    t = res['table'].assign(cell=lambda d: d.apply(cell_label, axis=1))
+    cols = ['cell', 'data.translation_error', 'metric', 'lang', *[c for c in t if c.startswith('mean_at_')], 'gain', 'gain_lo', 'gain_hi', 'n_runs']
+    print(t[cols].round(1).to_string(index=False))
     print(f"figure: {res['figure']['png']}")
     return 0
