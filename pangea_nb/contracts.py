@@ -15,7 +15,7 @@ from typing import Any, Iterable
 __all__ = ['RATE_METRICS', 'OTHER_METRICS', 'METRICS', 'AGGREGATE_LANGS', 'PLOT_RC', 'atomic_open', 'atomic_write_text',
            'atomic_write_json', 'append_jsonl', 'read_jsonl', 'ResultRow', 'write_results', 'read_results',
            'results_frame', 'UnsafePathError', 'safe_join', 'plot_style', 'new_figure', 'figure_data', 'save_fig',
-           'RunBusy', 'run_lock', 'make_once']
+           'RunBusy', 'run_lock', 'make_once', 'LineProgress', 'progress_bar']
 
 # %% ../nbs/00a_contracts.ipynb #6c0a52f5
 @contextlib.contextmanager
@@ -250,3 +250,76 @@ def make_once(folder:Path, is_done, make, poll:float = 5.0):
             with run_lock(Path(folder)):
                 if not is_done(): make()
         except RunBusy: time.sleep(poll)
+
+# %% ../nbs/00a_contracts.ipynb #f2b8d4e3
+import sys, time
+
+def _fmt_s(s:float) -> str:
+    s = int(round(s))
+    return f'{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}' if s >= 3600 else f'{s // 60}:{s % 60:02d}'
+
+class LineProgress:
+    "tqdm's interface for logs and pipes: a plain line every `every` seconds and one at the end, never a `\\r` redraw."
+    def __init__(self, iterable=None, desc:str = '', total=None, leave:bool = True, file=None, unit:str = 'it',
+                 initial:int = 0, disable:bool = False, every:float | None = None, **_):
+        if total is None and iterable is not None:
+            try: total = len(iterable)
+            except TypeError: total = None
+        self.iterable, self.desc, self.total, self.leave, self.file = iterable, desc or '', total, leave, file
+        self.unit, self.n, self.n0, self.disable = (unit or 'it').strip(), initial, initial, disable
+        self.every = float(os.environ.get('PANGEA_PROGRESS_EVERY', 30)) if every is None else every
+        self.start = self.last = time.monotonic()
+        self.postfix, self.printed, self.closed = '', 0, False
+
+    def __iter__(self):
+        try:
+            for x in self.iterable:
+                yield x
+                self.update(1)
+        finally: self.close()
+    def __len__(self): return self.total or 0
+    def __enter__(self): return self
+    def __exit__(self, *exc): self.close()
+
+    def update(self, n:int = 1):
+        self.n += n
+        if not self.disable and time.monotonic() - self.last >= self.every: self.print_line()
+    def set_postfix_str(self, s:str = '', refresh:bool = True): self.postfix = str(s)
+    def set_postfix(self, ordered_dict=None, refresh:bool = True, **kw):
+        self.postfix = ', '.join(f'{k}={v}' for k, v in {**(ordered_dict or {}), **kw}.items())
+    def set_description(self, desc:str = None, refresh:bool = True): self.desc = desc or ''
+    def refresh(self): pass
+
+    def line(self) -> str:
+        "The status line: `desc: n/total unit (pct%), elapsed m:ss, ~m:ss left [postfix]`."
+        el = time.monotonic() - self.start
+        rate = (self.n - self.n0) / el if el > 0 else 0.0
+        count = f'{self.n}/{self.total}' if self.total is not None else f'{self.n}'
+        pct = f' ({100 * self.n / self.total:.0f}%)' if self.total else ''
+        left = f', ~{_fmt_s((self.total - self.n) / rate)} left' if self.total and rate > 0 and self.n < self.total else ''
+        return f'{self.desc + ": " if self.desc else ""}{count} {self.unit}{pct}, {_fmt_s(el)} elapsed{left}' + (f' [{self.postfix}]' if self.postfix else '')
+    def print_line(self):
+        print(self.line(), file=self.file or sys.stderr, flush=True)
+        self.last, self.printed = time.monotonic(), self.printed + 1
+    def close(self):
+        "One final line, if anything was done (or a line was printed before); `leave=False` bars that printed nothing stay silent."
+        if self.closed: return
+        self.closed = True
+        if not self.disable and (self.printed or (self.leave and self.n > self.n0)): self.print_line()
+
+def _interactive(file=None) -> bool:
+    "A terminal on `file` (default stderr) or a Jupyter kernel: where a redrawn bar is readable."
+    try:
+        if (file or sys.stderr).isatty(): return True
+    except (AttributeError, ValueError): pass
+    ip = sys.modules.get('IPython')
+    try: return ip is not None and ip.get_ipython() is not None and 'IPKernelApp' in ip.get_ipython().config
+    except Exception: return False
+
+def progress_bar(*args, **kw):
+    "`tqdm.auto.tqdm(*args, **kw)` in a terminal or notebook; `LineProgress(*args, **kw)` when output goes to a file or pipe."
+    if kw.get('disable') or _interactive(kw.get('file')):
+        from tqdm.auto import tqdm
+        kw.pop('every', None)
+        return tqdm(*args, **kw)
+    return LineProgress(*args, **kw)

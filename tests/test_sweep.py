@@ -158,7 +158,8 @@ def test_sweep_killed_then_resumed(tmp_path):
     before = first.stat().st_mtime_ns
     dirs = sorted(d.name for d in runs.iterdir() if d.is_dir() and d.name != 'shared')
     assert len(dirs) == 2 and len(list(runs.glob('*/metrics.json'))) == 1
-    pangea('sweep', spec, '--quiet')
+    r = pangea('sweep', spec)                                       # progress on, stderr a pipe: plain lines, no bar redraws
+    assert '\r' not in r.stderr and 'sweep resume: 2/2 run (100%)' in r.stderr, r.stderr[-2000:]
     assert first.stat().st_mtime_ns == before                       # not redone
     assert sorted(d.name for d in runs.iterdir() if d.is_dir() and d.name != 'shared') == dirs   # no duplicates
     assert len(list(runs.glob('*/metrics.json'))) == 2              # nothing lost

@@ -331,9 +331,9 @@ class HTTPBackend(Backend):
 
     def _pool(self, fn, items, progress):
         from concurrent.futures import ThreadPoolExecutor
-        from tqdm.auto import tqdm
+        from pangea_nb.contracts import progress_bar
         with ThreadPoolExecutor(self.cfg.concurrency * len(self.fleet.eps)) as ex:
-            return list(tqdm(ex.map(fn, items), total=len(items), disable=not progress, desc=f'{self.kind}:{self.model}'))
+            return list(progress_bar(ex.map(fn, items), total=len(items), disable=not progress, desc=f'{self.kind}:{self.model}'))
 
     def generate(self, prompts, max_new_tokens:int | None = None, temperature:float = 0.0, progress:bool = False, **kw) -> list[Reply]:
         "Chat completions for each prompt, `concurrency` per endpoint in flight; failures come back as `Reply.error`."

@@ -177,12 +177,12 @@ class HFTranslator(Backend):
 
     def translate(self, texts:Sequence[str], src:str, tgt:str, progress:bool = False, **gen) -> list[Reply]:
         "Translate `texts` from `src` to `tgt` (`gen`: generation overrides such as `num_beams`); failed batches come back as error replies."
-        from tqdm.auto import tqdm
+        from pangea_nb.contracts import progress_bar
         src_code, tgt_code = lang_token(self.family, self.tok, src, 'source'), lang_token(self.family, self.tok, tgt)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = [None] * len(texts)
         bs = self.cfg.batch_size
-        for s in tqdm(range(0, len(order), bs), disable=not progress, desc=f'hf-mt {src}->{tgt}'):
+        for s in progress_bar(range(0, len(order), bs), disable=not progress, desc=f'hf-mt {src}->{tgt}'):
             idx = order[s:s + bs]
             try: res = [Reply(t, model=self.model) for t in self._batch([texts[i] for i in idx], src_code, tgt_code, gen)]
             except (RuntimeError, ValueError, IndexError) as e: res = [Reply(None, error=f'{type(e).__name__}: {e}', model=self.model)] * len(idx)
@@ -195,7 +195,7 @@ class _PredictorBackend(Backend):
     can_loglik = True
     def generate(self, prompts, max_new_tokens:int | None = None, temperature:float = 0.0, progress:bool = False, **kw) -> list[Reply]:
         "Greedy replies in prompt order; images are paths or PIL images (decoded with size limits)."
-        from tqdm.auto import tqdm
+        from pangea_nb.contracts import progress_bar
         from pangea_nb.backends.core import open_image
         if temperature: raise ValueError(f'{self.kind}: only greedy decoding (temperature 0) is supported, got temperature={temperature}')
         self.check_prompts(prompts)
@@ -204,7 +204,7 @@ class _PredictorBackend(Backend):
         for i, p in enumerate(prompts): groups.setdefault(p.system, []).append(i)
         for system, idx in groups.items():
             self.pred.system = system
-            for s in tqdm(range(0, len(idx), self.cfg.batch_size), disable=not progress, desc=self.kind):
+            for s in progress_bar(range(0, len(idx), self.cfg.batch_size), disable=not progress, desc=self.kind):
                 b = idx[s:s + self.cfg.batch_size]
                 try:
                     ims = [[open_image(x, self.cfg.max_image_bytes).convert('RGB') for x in prompts[i].images] for i in b]

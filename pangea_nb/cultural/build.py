@@ -128,7 +128,7 @@ def stage_entities(cfg:CulturalConfig, progress:bool = True) -> tuple[Stage, dic
            'langs': cfg.langs} if sparql else {'files': _files_fingerprint(paths)}
     st = Stage(cfg.out_path, 'entities', src, output='entities.jsonl')
     if (c := st.done()) is not None: return st, c
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     stats, keep = Counter(), {p for k in ('region', 'type', 'cultural', 'image') for p in property_ids(k)}
     with atomic_open(st.dir/'rejects.jsonl') as rej, atomic_open(st.dir/'entities.jsonl') as out:
         on_error = lambda e: rej.write(json.dumps(e.to_dict(), ensure_ascii=False) + '\n')
@@ -140,7 +140,7 @@ def stage_entities(cfg:CulturalConfig, progress:bool = True) -> tuple[Stage, dic
                                         cache_dir=st.dir/'sparql_cache', client=HttpClient(default_user_agent(cfg.contact), min_interval=cfg.sparql_min_interval))
             ents = source.iter_entities()
         else: ents = read_entities(paths, stats, on_error, keep_props=keep)
-        for e in tqdm(ents, desc='entities', disable=not progress, unit=' entities'):
+        for e in progress_bar(ents, desc='entities', disable=not progress, unit=' entities'):
             out.write(json.dumps(e.to_dict(), ensure_ascii=False) + '\n'); stats['written'] += 1
         if sparql: stats.update(source.stats)
     return st, st.finish(dict(stats))
@@ -159,7 +159,7 @@ def _reason_kind(reason:str) -> str:
 
 def stage_images(cfg:CulturalConfig, up:Stage, idx:EntityIndex, progress:bool = True) -> tuple[Stage, dict]:
     "Run (or reuse) the image stage: `images.jsonl` maps each cultural entity to its kept image records."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     from pangea_nb.cultural.http import HttpClient, default_user_agent
     st = Stage(cfg.out_path, 'images', {k: getattr(cfg, k) for k in ('images', 'max_images', 'thumb_width', 'require_licence', 'commons_upload', 'regions')},
                up, output='images.jsonl')
@@ -170,7 +170,7 @@ def stage_images(cfg:CulturalConfig, up:Stage, idx:EntityIndex, progress:bool = 
     qs = [q for q in idx.cultural() if not cfg.regions or idx.region[q] in cfg.regions]
     counts, failures = Counter(), Counter()
     with atomic_open(st.dir/'images.jsonl') as out:
-        for i in tqdm(range(0, len(qs), 20), desc='images', disable=not progress, unit=' x20 entities'):
+        for i in progress_bar(range(0, len(qs), 20), desc='images', disable=not progress, unit=' x20 entities'):
             chunk = qs[i:i + 20]
             cands = {q: entity_images(idx.ents[q]) for q in chunk}
             got = fetcher.fetch(n for c in cands.values() for _, n in c)
@@ -200,14 +200,14 @@ def _templates_hash(langs) -> str:
 
 def stage_qa(cfg:CulturalConfig, up:Stage, idx:EntityIndex, progress:bool = True) -> tuple[Stage, dict]:
     "Run (or reuse) the template stage: `samples.jsonl` in the project's Sample form, `skips.json`."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     qa = QAConfig(**cfg.qa_fields())
     langs = qa.langs or template_langs()
     st = Stage(cfg.out_path, 'qa', {**cfg.qa_fields(), 'templates': _templates_hash(langs)}, up, output='samples.jsonl')
     if (c := st.done()) is not None: return st, c
     cache, skips, counts = ImageCache(cfg.cache_path), Counter(), Counter()
     with atomic_open(st.dir/'samples.jsonl') as out:
-        for row in tqdm(read_jsonl(up.dir/'images.jsonl'), desc='questions', disable=not progress, unit=' entities'):
+        for row in progress_bar(read_jsonl(up.dir/'images.jsonl'), desc='questions', disable=not progress, unit=' entities'):
             recs = [ImageRecord(**r) for r in row['images']]
             imgs = [{'path': place_image(cache, r, cfg.out_path), **r.attribution()} for r in recs]
             for s in entity_questions(idx, row['entity'], imgs, qa, skips):

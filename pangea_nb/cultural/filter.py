@@ -54,13 +54,13 @@ def _filter_outcome(s:Sample, reply, identity:dict) -> dict | None:
 def filter_samples(samples:list[Sample], backend, image_root, ledger, batch_size:int = 16, max_new_tokens:int = 8,
                    progress:bool = True) -> Counter:
     "Ask `backend` whether each sample's image fits its question; outcomes into `ledger` (resumable)."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     from pangea_nb.backends.core import Prompt
     if 'image' not in getattr(backend, 'modalities', ()): raise ValueError(f'the relevance filter needs a backend that takes images; {backend.identity()} does not')
     identity, counts = backend.identity(), Counter()
     todo = [s for s in samples if s.id not in ledger.done]
     counts['skipped'] = len(samples) - len(todo)
-    for i in tqdm(range(0, len(todo), batch_size), desc='filter', disable=not progress):
+    for i in progress_bar(range(0, len(todo), batch_size), desc='filter', disable=not progress):
         batch = todo[i:i + batch_size]
         prompts = [Prompt(filter_prompt(s), images=[safe_join(image_root, s.images[0])]) for s in batch]
         replies = backend.generate(prompts, max_new_tokens=max_new_tokens)

@@ -129,13 +129,13 @@ def _refine_outcome(s:Sample, reply, idx, identity, on_fail, lang_backend) -> di
 def refine_samples(samples:list[Sample], backend, idx:EntityIndex, ledger, batch_size:int = 32, on_fail:str = 'template',
                    max_new_tokens:int = 256, lang_backend:str = 'lingua', progress:bool = True) -> Counter:
     "Refine `samples` through `backend` into `ledger` (resumable); returns counts: done, skipped, backend_errors."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     from pangea_nb.backends.core import Prompt
     if on_fail not in ('template', 'drop'): raise ValueError(f"on_fail must be 'template' or 'drop', got {on_fail!r}")
     identity, counts = backend.identity(), Counter()
     todo = [s for s in samples if s.id not in ledger.done]
     counts['skipped'] = len(samples) - len(todo)
-    for i in tqdm(range(0, len(todo), batch_size), desc='refine', disable=not progress):
+    for i in progress_bar(range(0, len(todo), batch_size), desc='refine', disable=not progress):
         batch = todo[i:i + batch_size]
         prompts = [Prompt(u, system=sy) for sy, u in (refine_prompt(s) for s in batch)]
         replies = backend.generate(prompts, max_new_tokens=max_new_tokens)

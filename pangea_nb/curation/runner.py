@@ -65,9 +65,9 @@ class Ledger:
 def run_units(units:Iterable[tuple[str, object]], process:Callable[[list], list[dict]], ledger:Ledger,
               batch_size:int = 32, total:int | None = None, desc:str = 'units', progress:bool = True) -> dict:
     "Process `(key, unit)` pairs not yet in `ledger` in batches; returns counts {'skipped', 'done'}."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     counts, batch = Counter(), []
-    bar = tqdm(total=total, desc=desc, disable=not progress, unit='unit')
+    bar = progress_bar(total=total, desc=desc, disable=not progress, unit='unit')
     def flush():
         if not batch: return
         out = process([u for _, u in batch])

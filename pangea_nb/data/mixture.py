@@ -407,14 +407,14 @@ def _shard_samples(man:pa.Table, lo:int, hi:int, pools:dict, out:Path, images:st
 # %% ../../nbs/16_mixture.ipynb #1784f695
 def materialize(mix_dir, shard_size:int = 100_000, images:str = 'link', progress:bool = True) -> dict:
     "Stream the mixture in `mix_dir` into LLaVA JSONL shards (`data/part-NNNNN.jsonl`); resumable; unusable rows skipped and counted."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     if images not in ('link', 'copy', 'none'): raise ValueError(f"images must be link, copy or none, got {images!r}")
     out = Path(mix_dir)
     if not (out/'manifest.parquet').exists(): raise FileNotFoundError(f'{out}: no manifest.parquet (run pangea data mix first)')
     man = pq.read_table(out/'manifest.parquet')
     pools = {p.id: p for p in load_pools(DataConfig.load(out/'config.yaml'), out/'pools')}
     shards, done, rejected = [], 0, []
-    for k, lo in enumerate(tqdm(range(0, man.num_rows, shard_size), desc='materialize', disable=not progress, unit=' shard')):
+    for k, lo in enumerate(progress_bar(range(0, man.num_rows, shard_size), desc='materialize', disable=not progress, unit=' shard')):
         f, fr = out/'data'/f'part-{k:05d}.jsonl', out/'rejects'/f'part-{k:05d}.jsonl'
         shards.append(str(f.relative_to(out)))
         if f.exists() and fr.exists(): rejected += read_jsonl(fr); continue   # both written atomically, rejects first

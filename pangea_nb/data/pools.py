@@ -209,10 +209,10 @@ class SynthPool(Pool):
 
 # %% ../../nbs/15_pools.ipynb #07842f7a
 def _scan_synth(self) -> pa.Table:
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     rows = []
     with atomic_open(self.cache/'rejects.jsonl') as rej:
-        for r in tqdm(range(len(self)), desc=f'pool {self.id}', disable=len(self) < 20_000, leave=False):
+        for r in progress_bar(range(len(self)), desc=f'pool {self.id}', disable=len(self) < 20_000, leave=False):
             s = self._one(r)
             if isinstance(s, RecordError): rej.write(json.dumps({'index': r, **s.to_dict()}, ensure_ascii=False) + '\n'); continue
             rows.append(_meta_row(s, r, {**self.spec, 'source': self.spec.get('source', self.id)}, self.count))

@@ -81,9 +81,9 @@ def find_archives(root) -> list[tuple[str, list[Path]]]:
 
 def extract_archives(root, max_bytes:int = 2 << 40, progress:bool = True) -> dict:
     "Extract every archive under `root` into its own folder, safely and resumably; {archive: members or 'done before'}."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     root, res = Path(root), {}
-    for name, files in tqdm(find_archives(root), desc='extract', disable=not progress):
+    for name, files in progress_bar(find_archives(root), desc='extract', disable=not progress):
         dest, marker = files[0].parent, files[0].parent/f'.extracted-{Path(name).name}.json'
         if marker.exists(): res[name] = 'done before'; continue
         if files[0].suffix == '.zip': n = _extract_zip(files[0], dest, max_bytes)

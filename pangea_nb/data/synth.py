@@ -455,7 +455,7 @@ def _save_png(img:Image.Image, path:Path):
 
 def write_world(out_dir, cfg:WorldConfig | None = None, progress:bool = True, **over) -> WorldPaths:
     "Write a world (`train.jsonl`, `test.jsonl`, `images/`, `manifest.json`) to `out_dir`; returns the paths."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     cfg = _world_cfg(cfg, over)
     out = Path(out_dir); (out/'images').mkdir(parents=True, exist_ok=True)
     paths = WorldPaths(out, out/'train.jsonl', out/'test.jsonl', out/'images', out/'manifest.json')
@@ -467,7 +467,7 @@ def write_world(out_dir, cfg:WorldConfig | None = None, progress:bool = True, **
         n = cfg.n_train if split == 'train' else cfg.n_test
         c = collections.Counter()
         def samples():   # streamed into the (atomic) split file: memory does not grow with n
-            for i in tqdm(range(n), desc=f'synth {split}', disable=not progress or n < 500, leave=False):
+            for i in progress_bar(range(n), desc=f'synth {split}', disable=not progress or n < 500, leave=False):
                 spec = draw_spec(cfg, split, i); s = render_spec(spec)
                 if s.images and not (out/s.images[0]).exists(): _save_png(spec_image(spec), out/s.images[0])
                 c[(s.language, s.task)] += 1
@@ -552,7 +552,7 @@ def _as_text(s:Sample) -> str:
 
 def export_text(out_dir, cfg:WorldConfig | None = None, n:int | None = None, progress:bool = True, **over) -> dict:
     "Write `text/<lang>.txt` (monolingual) and `parallel.jsonl` from `n` train specs, each rendered in every language."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     cfg = _world_cfg(cfg, over)
     n = cfg.n_train if n is None else n
     out = Path(out_dir); (out/'text').mkdir(parents=True, exist_ok=True)
@@ -560,7 +560,7 @@ def export_text(out_dir, cfg:WorldConfig | None = None, n:int | None = None, pro
     with contextlib.ExitStack() as stack:   # every file is atomic: a killed export leaves no half-written corpus
         files = {l: stack.enter_context(atomic_open(out/'text'/f'{l}.txt')) for l in langs}
         par = stack.enter_context(atomic_open(out/'parallel.jsonl'))
-        for i in tqdm(range(n), desc='synth text', disable=not progress or n < 2000, leave=False):
+        for i in progress_bar(range(n), desc='synth text', disable=not progress or n < 2000, leave=False):
             spec = draw_spec(cfg, 'train', i)
             if spec['family'] == 'ocr': continue   # the answer is the word in the image: not text-only material
             row = {'id': spec['id']}

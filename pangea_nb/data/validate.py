@@ -228,7 +228,7 @@ def validate(path=None, root=None, records:Iterable | None = None, lang_source:s
              rejects=None, max_pixels:int = 40_000_000, max_bytes:int = 64 << 20, decode_images:bool = True,
              progress:bool = False) -> ValidationReport:
     "Check every record of `path` (LLaVA .json/.jsonl) or of `records` [(index, raw)]; rejected ones go to `rejects` (JSONL)."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     if path is not None: path = Path(path)
     root = Path(root) if root else (path.parent if path is not None else Path('.'))
     if not root.is_dir(): raise FileNotFoundError(f'{root}: data root is not a directory')
@@ -238,7 +238,7 @@ def validate(path=None, root=None, records:Iterable | None = None, lang_source:s
     with contextlib.ExitStack() as stack:   # the rejects file is atomic: a failed run leaves none half-written
         rej = stack.enter_context(atomic_open(rejects)) if rejects else None
         stream = records if records is not None else iter_records(path, on_error=bad_lines.append)
-        for index, rec in tqdm(_with_bad_lines(stream, bad_lines), desc='validate', disable=not progress, unit=' records'):
+        for index, rec in progress_bar(_with_bad_lines(stream, bad_lines), desc='validate', disable=not progress, unit=' records'):
             rep.total += 1
             if isinstance(rec, RecordError):   # a line or element the reader could not read
                 s, probs = None, [Problem(rec.record, rec.field, rec.reason, 'error', rec.file, index)]

@@ -143,7 +143,7 @@ def run_task(task:Task, items:list[EvalItem], predictor:Predictor, out, mode:str
              gen:dict | None = None,             # other generation overrides: stop, temperature, top_p, seed
              context_policy:str = 'truncate-left') -> dict:
     "Predict `items` into the JSONL file `out`, resuming after the ids already there; returns counts."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     if mode not in ('generate', 'loglik'): raise ValueError(f'--mode must be generate or loglik, got {mode!r}')
     if mode == 'loglik' and not task.multiple_choice: raise ValueError(f'{task.name} is not multiple choice: use --mode generate')
     if batch_size < 1: raise ValueError('--batch-size must be >= 1')
@@ -153,7 +153,7 @@ def run_task(task:Task, items:list[EvalItem], predictor:Predictor, out, mode:str
     if ctx['skipped']: append_jsonl(str(out) + '.rejects.jsonl', ctx['skipped'])
     todo = sorted(todo, key=lambda it: -len(task.prompt(it)))  # longest first: less padding
     t0, n = time.perf_counter(), 0
-    for s in tqdm(range(0, len(todo), batch_size), desc=f'{task.name} {mode}', disable=not progress or not todo):
+    for s in progress_bar(range(0, len(todo), batch_size), desc=f'{task.name} {mode}', disable=not progress or not todo):
         b = todo[s:s + batch_size]
         texts, ims = [task.prompt(it) for it in b], [load_images(it.image_paths) for it in b]
         if mode == 'generate':

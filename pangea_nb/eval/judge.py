@@ -175,10 +175,10 @@ class Judge:
 # %% ../../nbs/4c_eval_judge.ipynb #cbb166d4
 def _ask_all(self:Judge, todo:dict, prompts:dict, parse, done=lambda recs: None, progress:bool = False) -> dict:
     "{id: record} for the prompts of `todo` ids, with bounded retries; `done(records)` receives each final record as soon as it is final."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     out, pending, attempts = {}, list(todo), Counter()
     system = RUBRIC_SYSTEM if self.kind == 'rubric' else LLAVA_SYSTEM
-    bar = tqdm(total=len(pending), desc=f'judge {self.identity.get("model", "")}', disable=not progress)
+    bar = progress_bar(total=len(pending), desc=f'judge {self.identity.get("model", "")}', disable=not progress)
     for attempt in range(self.retries + 1):
         if not pending: break
         retry, last = [], attempt == self.retries

@@ -196,7 +196,7 @@ def _lang_dirs(d:Path) -> set:
 def translate_bench(task:str, data, targets, out, backend='', src:str = 'en', error_rate:float = 0.0, seed:int = 0,
                     qc:dict | None = None, copy_source:bool = True, progress:bool = True) -> dict:
     "Translate benchmark `task` at `data` into `targets`, written under `out/{lang}/`; returns per-language counts."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     if task not in ADAPTERS: raise ValueError(f'--task must be one of {list(ADAPTERS)}, got {task!r}')
     data, out = Path(data), Path(out); out.mkdir(parents=True, exist_ok=True)
     if not data.is_dir(): raise FileNotFoundError(f'{task}: data folder {data} does not exist')
@@ -208,7 +208,7 @@ def translate_bench(task:str, data, targets, out, backend='', src:str = 'en', er
     tcfg = TranslateConfig.from_dict({**(qc or {}), 'targets': targets, 'backend': 'qc-only', 'src': src})
     report = {'task': task, 'data': str(data), 'backend': translator.identity(), 'items': len(items), 'languages': {}}
     if copy_source: _copy_source(task, data, out)
-    for tgt in tqdm(targets, desc=f'translate {task}', disable=not progress):
+    for tgt in progress_bar(targets, desc=f'translate {task}', disable=not progress):
         if same_language(tgt, src): continue
         res = translate_fields([(k, f) for k, f, _, _ in items], translator, src, tgt, tcfg)
         bad_groups = {g for k, f, g, _ in items if 'reasons' in res[k]}

@@ -50,7 +50,7 @@ def default_threads(jobs:int) -> int:
 def run_sweep(spec:SweepConfig, template=None, jobs:int | None = None, only:list[int] | None = None,
               progress:bool = True, fail_fast:bool = False) -> dict:
     "Execute every unfinished run of `spec` (or the indices in `only`); returns {'done', 'skipped', 'failed'} run ids."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     template = Path(template or spec.template)
     if not template.is_absolute() and not template.exists() and project_root(): template = project_root()/template
     plans = [p for p in expand_grid(spec) if only is None or p.index in only]
@@ -62,7 +62,7 @@ def run_sweep(spec:SweepConfig, template=None, jobs:int | None = None, only:list
     res = {'done': [], 'skipped': [p.run_id for p in plans if p not in todo], 'failed': {}}
     os.environ.update(thread_env(threads))  # inherited by every kernel this process starts
     active, lock = {}, threading.Lock()
-    bar = tqdm(total=len(plans), initial=len(res['skipped']), desc=f'sweep {spec.name}', unit='run', disable=not progress)
+    bar = progress_bar(total=len(plans), initial=len(res['skipped']), desc=f'sweep {spec.name}', unit='run', disable=not progress)
     def work(p):
         with lock: active[p.run_id] = p
         try: return execute_run(p, template, threads=threads, shared_dir=shared_root(spec), progress=progress and jobs == 1)

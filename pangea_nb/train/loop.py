@@ -459,7 +459,7 @@ def _log(self:Trainer, row:dict):
     for r in self.reporters: r(row)
 
 def _fit(self:Trainer, progress:bool = True) -> Path:
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     if (self.out/'done.json').exists(): return self.out/'model'
     if self.rank == 0:
         self.out.mkdir(parents=True, exist_ok=True); self.cfg.save(self.out/'config.yaml')
@@ -473,7 +473,7 @@ def _fit(self:Trainer, progress:bool = True) -> Path:
         collate_fn=lambda b: b, persistent_workers=False,
         generator=torch.Generator().manual_seed(0)))   # its base seed from its own generator: the global RNG (dropout) is untouched
     total, A = self.state.total_steps, self.tc.grad_accum
-    bar = tqdm(total=total, initial=self.state.step, desc=f'stage {self.tc.stage}', disable=not progress or self.rank > 0)
+    bar = progress_bar(total=total, initial=self.state.step, desc=f'stage {self.tc.stage}', disable=not progress or self.rank > 0)
     window, t_win = [], time.perf_counter()
     while self.state.step < total:
         t0 = time.perf_counter()

@@ -271,13 +271,13 @@ def run_stages(cfg:RunConfig, out=None, progress:bool = True) -> Path:
 def generate_answers(model, processor, samples:list[Sample], images=None, batch_size:int = 64, max_new_tokens:int = 16,
                      progress:bool = False) -> list[str]:
     "Greedy replies to single-turn samples (their user turn as the prompt), `images(sample, i)` loading their images."
-    from tqdm.auto import tqdm
+    from pangea_nb.contracts import progress_bar
     from pangea_nb.model.infer import Predictor
     for s in samples:
         if len(s.turns) != 2 or s.turns[0].role != 'user':
             raise ValueError(f'sample {s.id}: field turns: generate_answers takes single-turn samples (user, assistant), got {len(s.turns)} turns')
     pred, out = Predictor(model, processor), []
-    for i in tqdm(range(0, len(samples), batch_size), disable=not progress, desc='generate'):
+    for i in progress_bar(range(0, len(samples), batch_size), disable=not progress, desc='generate'):
         chunk = samples[i:i + batch_size]
         out += pred.generate([s.turns[0].text for s in chunk], [[images(s, j) for j in range(len(s.images))] for s in chunk],
                              max_new_tokens=max_new_tokens)
