@@ -281,12 +281,15 @@ class LineProgress:
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-    def update(self, n:int = 1):
-        self.n += n
+    def due(self):
+        "Print a line if `every` seconds have passed; on updates and postfix changes, so rare updates still report."
         if not self.disable and time.monotonic() - self.last >= self.every: self.print_line()
-    def set_postfix_str(self, s:str = '', refresh:bool = True): self.postfix = str(s)
+    def update(self, n:int = 1):
+        self.n += n; self.due()
+    def set_postfix_str(self, s:str = '', refresh:bool = True):
+        self.postfix = str(s); self.due()
     def set_postfix(self, ordered_dict=None, refresh:bool = True, **kw):
-        self.postfix = ', '.join(f'{k}={v}' for k, v in {**(ordered_dict or {}), **kw}.items())
+        self.postfix = ', '.join(f'{k}={v}' for k, v in {**(ordered_dict or {}), **kw}.items()); self.due()
     def set_description(self, desc:str = None, refresh:bool = True): self.desc = desc or ''
     def refresh(self): pass
 
